@@ -1,0 +1,49 @@
+/**
+ * Fault injection for the fallible steps of the model, in the manner of
+ * iommufd's fail_nth: each fallible step asks `shouldFail(site)`; when armed
+ * with `failNth(n)`, the n-th such call (counted from arming) fails, once. A
+ * sweep arms n = 1, 2, ... until a run completes with no injected failure.
+ */
+export type FaultSite =
+  | "kzalloc" // a kernel allocation (vfio_dma, vfio_pfn, bitmaps, iova ranges): -ENOMEM
+  | "gup" // pin_user_pages_remote: -ENOMEM
+  | "iommu_map" // iommu_map into a domain: -ENOMEM
+  | "mmap_lock"; // mmap_write_lock_killable interrupted: -EINTR
+
+export class FaultInjector {
+  #armedAt = 0;
+  #calls = 0;
+  #fired: FaultSite | undefined;
+  #sites: ReadonlySet<FaultSite> | undefined;
+
+  /** Fail the n-th fallible step from now (1-based), optionally only at some sites. */
+  failNth(n: number, sites?: Iterable<FaultSite>): void {
+    this.#armedAt = n;
+    this.#calls = 0;
+    this.#fired = undefined;
+    this.#sites = sites === undefined ? undefined : new Set(sites);
+  }
+
+  disarm(): void {
+    this.#armedAt = 0;
+    this.#sites = undefined;
+  }
+
+  /** The site that failed since arming, if any. */
+  get fired(): FaultSite | undefined {
+    return this.#fired;
+  }
+
+  /** Fallible steps seen since arming. */
+  get calls(): number {
+    return this.#calls;
+  }
+
+  shouldFail(site: FaultSite): boolean {
+    if (this.#armedAt === 0 || (this.#sites !== undefined && !this.#sites.has(site))) return false;
+    if (++this.#calls !== this.#armedAt) return false;
+    this.#fired = site;
+    this.#armedAt = 0;
+    return true;
+  }
+}

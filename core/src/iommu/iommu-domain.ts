@@ -1,0 +1,136 @@
+/**
+ * A simulated IOMMU paging domain (an iommu_domain of the IOMMU API).
+ *
+ * Model: a sparse page table from IOVA page to host frame, kept in 64K-page
+ * typed-array chunks (0 = not mapped), so a terabyte of mappings costs 4 bytes
+ * a page and no JavaScript object per page. Page-size support is declared
+ * (`pgsizeBitmap`) but the table always records 4 KiB granules; a large page is
+ * its run of granules. `iotlbSyncs` counts IOTLB flushes.
+ *
+ * Invariant: mappedPages = number of non-zero entries.
+ */
+import type { FaultInjector } from "../host/fault-injector.js";
+import type { Range } from "../address/range.js";
+import { ERRNO } from "../errors/errno.js";
+
+const CHUNK_SHIFT = 16;
+const CHUNK_PAGES = 1 << CHUNK_SHIFT;
+const CHUNK_MASK = CHUNK_PAGES - 1;
+
+export type ReservedRegionType = "direct" | "direct-relaxable" | "reserved" | "msi" | "sw-msi";
+
+export interface ReservedRegion {
+  readonly start: bigint;
+  readonly length: bigint;
+  readonly type: ReservedRegionType;
+}
+
+/** What an IOMMU driver offers the domains it allocates. */
+export interface IommuHardware {
+  /** Identity of the driver's ops: domains can be shared only between groups of the same driver. */
+  readonly driver: string;
+  readonly aperture: Range;
+  readonly pgsizeBitmap: bigint;
+  /** Interrupt remapping / MSI isolation. */
+  readonly msiIsolation: boolean;
+  readonly enforceCacheCoherency: boolean;
+}
+
+let nextDomainId = 1;
+
+export class IommuDomain {
+  readonly id = nextDomainId++;
+  mappedPages = 0;
+  iotlbSyncs = 0;
+  readonly #chunks = new Map<number, Uint32Array>();
+  #lastKey = -1;
+  #lastChunk: Uint32Array | undefined;
+
+  constructor(
+    readonly hw: IommuHardware,
+    private readonly faults: FaultInjector,
+  ) {}
+
+  get pgsizeBitmap(): bigint {
+    return this.hw.pgsizeBitmap;
+  }
+
+  /** iommu_map of a physically contiguous run: 0 or a negative errno, nothing mapped on failure. */
+  map(iovaPage: number, pfn: number, npages: number): number {
+    if (this.faults.shouldFail("iommu_map")) return -ERRNO.ENOMEM;
+    for (let i = 0; i < npages; ) {
+      const page = iovaPage + i;
+      const chunk = this.#chunk(page, true)!;
+      const at = page & CHUNK_MASK;
+      const n = Math.min(npages - i, CHUNK_PAGES - at);
+      for (let k = 0; k < n; k++) chunk[at + k] = pfn + i + k;
+      i += n;
+    }
+    this.mappedPages += npages;
+    return 0;
+  }
+
+  /** Writes each frame of `frames[from..from+npages)` at consecutive IOVA pages. */
+  mapFrames(iovaPage: number, frames: Uint32Array, from: number, npages: number): number {
+    if (this.faults.shouldFail("iommu_map")) return -ERRNO.ENOMEM;
+    for (let i = 0; i < npages; i++) {
+      const page = iovaPage + i;
+      this.#chunk(page, true)![page & CHUNK_MASK] = frames[from + i]!;
+    }
+    this.mappedPages += npages;
+    return 0;
+  }
+
+  /** iommu_unmap: clears [iovaPage, iovaPage + npages) and returns how many were mapped. */
+  unmap(iovaPage: number, npages: number): number {
+    let cleared = 0;
+    for (let i = 0; i < npages; ) {
+      const page = iovaPage + i;
+      const at = page & CHUNK_MASK;
+      const n = Math.min(npages - i, CHUNK_PAGES - at);
+      const chunk = this.#chunk(page, false);
+      if (chunk !== undefined) {
+        for (let k = at; k < at + n; k++) {
+          if (chunk[k] !== 0) {
+            chunk[k] = 0;
+            cleared++;
+          }
+        }
+      }
+      i += n;
+    }
+    this.mappedPages -= cleared;
+    return cleared;
+  }
+
+  /** iommu_iova_to_phys, as a frame: 0 when not mapped. */
+  iovaToPfn(iovaPage: number): number {
+    const chunk = this.#chunk(iovaPage, false);
+    return chunk === undefined ? 0 : chunk[iovaPage & CHUNK_MASK]!;
+  }
+
+  /** Length of the physically contiguous mapped run starting at `iovaPage`, at most `max`. */
+  contiguousRun(iovaPage: number, first: number, max: number): number {
+    let n = 1;
+    while (n < max && this.iovaToPfn(iovaPage + n) === first + n) n++;
+    return n;
+  }
+
+  iotlbSync(): void {
+    this.iotlbSyncs++;
+  }
+
+  #chunk(page: number, create: boolean): Uint32Array | undefined {
+    const key = Math.floor(page / CHUNK_PAGES);
+    if (key === this.#lastKey) return this.#lastChunk;
+    let chunk = this.#chunks.get(key);
+    if (chunk === undefined) {
+      if (!create) return undefined;
+      chunk = new Uint32Array(CHUNK_PAGES);
+      this.#chunks.set(key, chunk);
+    }
+    this.#lastKey = key;
+    this.#lastChunk = chunk;
+    return chunk;
+  }
+}

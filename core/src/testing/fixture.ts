@@ -1,0 +1,123 @@
+/**
+ * Test fixtures: a QEMU-like process with guest RAM and a type1 container in
+ * one of the variants every core suite runs over (iommufd selftest style):
+ * - `mdev-only`: one emulated device, nothing pinned at MAP_DMA;
+ * - `iommu-backed`: one vfio-pci group, everything pinned at MAP_DMA;
+ * - `mixed`: both, external pins ride on MAP_DMA's charge;
+ * - `memlock-limited`: mdev-only with RLIMIT_MEMLOCK of 64 pages.
+ */
+import { createHost, type Host, type HostOptions } from "../host/host.js";
+import type { Process } from "../host/process.js";
+import type { BackingKind } from "../host/memory-object.js";
+import type { IommuHardware, ReservedRegion } from "../iommu/iommu-domain.js";
+import type { VfioDevice, VfioDeviceOps } from "../vfio/vfio-device.js";
+import { VFIO_GROUP_GET_DEVICE_FD, VFIO_GROUP_SET_CONTAINER, VFIO_IOMMU_MAP_DMA, VFIO_SET_IOMMU } from "../vfio/uapi.js";
+import { VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU, type Type1Iommu } from "../vfio/type1/type1-iommu.js";
+import type { Hva, Iova } from "../address/address.js";
+import { vfioUnpinPages } from "../vfio/vendor-api.js";
+
+export type Variant = "mdev-only" | "iommu-backed" | "mixed" | "memlock-limited";
+export const VARIANTS: readonly Variant[] = ["mdev-only", "iommu-backed", "mixed", "memlock-limited"];
+
+/** A VT-d-like IOMMU: 48-bit aperture, 4K/2M/1G pages, interrupt remapping. */
+export const VTD: IommuHardware = {
+  driver: "intel-iommu",
+  aperture: { start: 0n, last: (1n << 48n) - 1n },
+  pgsizeBitmap: 0x1000n | 0x200000n | 0x40000000n,
+  msiIsolation: true,
+  enforceCacheCoherency: true,
+};
+
+/** The x86 MSI window every VT-d group reports as reserved. */
+export const X86_MSI: ReservedRegion = { start: 0xfee00000n, length: 0x100000n, type: "msi" };
+
+export interface FixtureOptions {
+  readonly variant: Variant;
+  readonly ramBytes?: bigint;
+  readonly guestBytes?: bigint;
+  readonly backing?: BackingKind;
+  readonly v1?: boolean;
+  readonly host?: HostOptions;
+  /** Ops of the emulated device; a dmaUnmap that unpins what the fixture tracks is supplied by default. */
+  readonly deviceOps?: VfioDeviceOps;
+}
+
+/** A process with guest RAM and an open, IOMMU-set container, ready for MAP_DMA. */
+export class Fixture {
+  readonly host: Host;
+  readonly qemu: Process;
+  readonly guestRam: Hva;
+  readonly guestBytes: bigint;
+  readonly containerFd: number;
+  readonly device: VfioDevice | undefined;
+  readonly deviceFd: number | undefined;
+  /** Pins the default dmaUnmap knows about, keyed by IOVA page. */
+  readonly pinned = new Map<number, number>();
+
+  private constructor(host: Host, qemu: Process, guestRam: Hva, guestBytes: bigint, containerFd: number, device: VfioDevice | undefined, deviceFd: number | undefined) {
+    this.host = host;
+    this.qemu = qemu;
+    this.guestRam = guestRam;
+    this.guestBytes = guestBytes;
+    this.containerFd = containerFd;
+    this.device = device;
+    this.deviceFd = deviceFd;
+  }
+
+  static async create(options: FixtureOptions): Promise<Fixture> {
+    const host = createHost({ ramBytes: options.ramBytes ?? 1n << 30n, seed: 7, ...options.host });
+    const limited = options.variant === "memlock-limited";
+    const qemu = host.spawn({ comm: "qemu", ...(limited ? { memlockBytes: 64n * 4096n } : {}) });
+    const guestBytes = options.guestBytes ?? 4n << 20n;
+    const guestRam = qemu.mmap({ length: guestBytes, backing: options.backing ?? "scattered-4k" });
+    const containerFd = host.open(qemu, "/dev/vfio/vfio");
+    const pinned = new Map<number, number>();
+    let device: VfioDevice | undefined;
+    let deviceFd: number | undefined;
+    const groupFds: number[] = [];
+    if (options.variant !== "iommu-backed") {
+      const ops: VfioDeviceOps = options.deviceOps ?? {
+        dmaUnmap(vdev, iova, length) {
+          const first = Number(iova >> 12n);
+          const last = first + Number(length >> 12n);
+          for (const [page, refs] of [...pinned]) {
+            if (page < first || page >= last) continue;
+            for (let r = 0; r < refs; r++) vfioUnpinPages(vdev, (BigInt(page) << 12n) as Iova, 1);
+            pinned.delete(page);
+          }
+        },
+      };
+      device = host.vfio.registerEmulatedDevice("mdev0", ops);
+      groupFds.push(host.open(qemu, `/dev/vfio/${device.node.number}`));
+    }
+    if (options.variant === "iommu-backed" || options.variant === "mixed") {
+      const node = host.vfio.addIommuGroup(VTD, [X86_MSI]);
+      host.vfio.addDevice(node, "0000:01:00.0");
+      groupFds.push(host.open(qemu, `/dev/vfio/${node.number}`));
+    }
+    for (const fd of groupFds) await expectOk(host.ioctl(qemu, fd, VFIO_GROUP_SET_CONTAINER, containerFd), "SET_CONTAINER");
+    await expectOk(host.ioctl(qemu, containerFd, VFIO_SET_IOMMU, options.v1 ? VFIO_TYPE1_IOMMU : VFIO_TYPE1v2_IOMMU), "SET_IOMMU");
+    if (device !== undefined) {
+      deviceFd = await host.ioctl(qemu, groupFds[0]!, VFIO_GROUP_GET_DEVICE_FD, "mdev0");
+      if (deviceFd < 0) throw new Error(`GET_DEVICE_FD failed: ${deviceFd}`);
+    }
+    const f = new Fixture(host, qemu, guestRam, guestBytes, containerFd, device, deviceFd);
+    (f as { pinned: Map<number, number> }).pinned = pinned;
+    return f;
+  }
+
+  get iommu(): Type1Iommu {
+    const c = [...this.host.vfio.containers][0];
+    return c!.iommu!;
+  }
+
+  /** VFIO_IOMMU_MAP_DMA of guest RAM at `iova` (default: all of it at IOVA 0). */
+  map(iova = 0n, size = this.guestBytes, offset = 0n, flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE): Promise<number> {
+    return this.host.ioctl(this.qemu, this.containerFd, VFIO_IOMMU_MAP_DMA, { argsz: 32, flags, vaddr: this.guestRam + offset, iova, size });
+  }
+}
+
+async function expectOk(p: Promise<number>, what: string): Promise<void> {
+  const r = await p;
+  if (r !== 0) throw new Error(`${what} failed: ${r}`);
+}

@@ -1,0 +1,35 @@
+import { expect } from "chai";
+import { Fixture, VARIANTS } from "../../testing/fixture.js";
+import { vfioPinPages, vfioUnpinPages } from "../vendor-api.js";
+import { IOMMU_READ, IOMMU_WRITE } from "./type1-iommu.js";
+import { VFIO_IOMMU_UNMAP_DMA } from "../uapi.js";
+import type { Iova } from "../../address/address.js";
+
+describe("type1 smoke", () => {
+  for (const variant of VARIANTS) {
+    it(`maps, pins, unmaps with invalidation (${variant})`, async () => {
+      const f = await Fixture.create({ variant });
+      expect(await f.map()).to.equal(0);
+      f.host.assertInvariants();
+      const pages = new Uint32Array(16);
+      if (f.device !== undefined) {
+        try {
+          expect(vfioPinPages(f.device, 0x1000n as Iova, 16, IOMMU_READ | IOMMU_WRITE, pages)).to.equal(16);
+          for (let i = 1; i <= 16; i++) f.pinned.set(i, 1);
+        } catch (e) {
+          expect(variant).to.equal("memlock-limited");
+          void e;
+        }
+        f.host.assertInvariants();
+      }
+      const unmap = { argsz: 24, flags: 0, iova: 0n, size: f.guestBytes };
+      expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, unmap)).to.equal(0);
+      expect(unmap.size).to.equal(f.guestBytes);
+      f.host.assertInvariants();
+      expect(f.host.phys.totalPins).to.equal(0);
+      expect(f.qemu.mm.lockedVm).to.equal(0);
+      expect(f.host.kernel.warnings).to.deep.equal([]);
+      void vfioUnpinPages;
+    });
+  }
+});
