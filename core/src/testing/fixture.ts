@@ -16,6 +16,20 @@ import { VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE1v2_IOMMU, VF
 import type { Hva, Iova } from "../address/address.js";
 import { vfioUnpinPages } from "../vfio/vendor-api.js";
 
+export const invariantsEnabled = process.env["VGPU_IOMMU_DEBUG"] !== "0";
+
+export interface Leaks {
+  readonly pinnedFrames: number;
+  readonly lockedVm: number;
+  readonly mappings: number;
+  readonly externalPins: number;
+  readonly warnings: number;
+  readonly listeners: number;
+  readonly crashed: number;
+}
+
+export const NO_LEAKS: Leaks = { pinnedFrames: 0, lockedVm: 0, mappings: 0, externalPins: 0, warnings: 0, listeners: 0, crashed: 0 };
+
 export type Variant = "mdev-only" | "iommu-backed" | "mixed" | "memlock-limited";
 export const VARIANTS: readonly Variant[] = ["mdev-only", "iommu-backed", "mixed", "memlock-limited"];
 
@@ -51,17 +65,30 @@ export class Fixture {
   readonly containerFd: number;
   readonly device: VfioDevice | undefined;
   readonly deviceFd: number | undefined;
-  /** Pins the default dmaUnmap knows about, keyed by IOVA page. */
-  readonly pinned = new Map<number, number>();
+  /** Pins the default dmaUnmap knows about, keyed by IOVA page, with their reference counts. */
+  readonly pinned: Map<number, number>;
+  readonly groupFds: readonly number[];
 
-  private constructor(host: Host, qemu: Process, guestRam: Hva, guestBytes: bigint, containerFd: number, device: VfioDevice | undefined, deviceFd: number | undefined) {
+  private constructor(
+    host: Host,
+    qemu: Process,
+    guestRam: Hva,
+    guestBytes: bigint,
+    containerFd: number,
+    groupFds: readonly number[],
+    device: VfioDevice | undefined,
+    deviceFd: number | undefined,
+    pinned: Map<number, number>,
+  ) {
     this.host = host;
     this.qemu = qemu;
     this.guestRam = guestRam;
     this.guestBytes = guestBytes;
     this.containerFd = containerFd;
+    this.groupFds = groupFds;
     this.device = device;
     this.deviceFd = deviceFd;
+    this.pinned = pinned;
   }
 
   static async create(options: FixtureOptions): Promise<Fixture> {
@@ -101,9 +128,31 @@ export class Fixture {
       deviceFd = await host.ioctl(qemu, groupFds[0]!, VFIO_GROUP_GET_DEVICE_FD, "mdev0");
       if (deviceFd < 0) throw new Error(`GET_DEVICE_FD failed: ${deviceFd}`);
     }
-    const f = new Fixture(host, qemu, guestRam, guestBytes, containerFd, device, deviceFd);
-    (f as { pinned: Map<number, number> }).pinned = pinned;
-    return f;
+    return new Fixture(host, qemu, guestRam, guestBytes, containerFd, groupFds, device, deviceFd, pinned);
+  }
+
+  /** Invariants 1-16 after a step, when the debug flag is on (VGPU_IOMMU_DEBUG, on unless "0"). */
+  check(): void {
+    if (invariantsEnabled) this.host.assertInvariants();
+  }
+
+  /**
+   * Closes every fd as QEMU's exit would (device first, so the vendor's close
+   * runs while the container still exists) and ends the process.
+   */
+  async teardown(): Promise<void> {
+    if (this.deviceFd !== undefined && this.qemu.files.has(this.deviceFd)) await this.host.close(this.qemu, this.deviceFd);
+    for (const fd of this.groupFds) if (this.qemu.files.has(fd)) await this.host.close(this.qemu, fd);
+    if (this.qemu.files.has(this.containerFd)) await this.host.close(this.qemu, this.containerFd);
+    this.qemu.exit();
+  }
+
+  /** What a test must have released; every field is 0 when nothing leaked. */
+  leaks(): Leaks {
+    const s = this.host.stats();
+    let listeners = this.host.kernel.listenerCount();
+    for (const b of this.host.backends) listeners += b.listenerCount();
+    return { pinnedFrames: s.pinnedFrames, lockedVm: this.host.processes.reduce((n, p) => n + p.mm.lockedVm, 0), mappings: s.mappings, externalPins: s.externalPins, warnings: s.warnings, listeners, crashed: s.crashed ? 1 : 0 };
   }
 
   get iommu(): Type1Iommu {

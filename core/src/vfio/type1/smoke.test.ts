@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { Fixture, VARIANTS } from "../../testing/fixture.js";
+import { Fixture, NO_LEAKS, VARIANTS } from "../../testing/fixture.js";
 import { vfioPinPages, vfioUnpinPages } from "../vendor-api.js";
 import { IOMMU_READ, IOMMU_WRITE } from "./type1-iommu.js";
 import { VFIO_IOMMU_UNMAP_DMA } from "../uapi.js";
@@ -29,6 +29,9 @@ describe("type1 smoke", () => {
       expect(f.host.phys.totalPins).to.equal(0);
       expect(f.qemu.mm.lockedVm).to.equal(0);
       expect(f.host.kernel.warnings).to.deep.equal([]);
+      await f.teardown();
+      expect(f.leaks()).to.deep.equal(NO_LEAKS);
+      expect(f.host.phys.framesInUse).to.equal(0);
       void vfioUnpinPages;
     });
   }
