@@ -171,26 +171,35 @@ class GroupFile implements OpenFile {
       container.iommu.registerDevice(device);
     }
     device.openCount++;
-    return current.installFile(new DeviceFile(device));
+    return current.installFile(new DeviceFile(device, this.vfio));
   }
 
+  /** Device fds hold the group open, so the container is left when the last of them is gone. */
   release(): void {
     this.node.opened = false;
-    const container = this.node.container;
-    if (container !== undefined && this.node.containerUsers === 1) {
-      container.detachGroup(this.node);
-      this.vfio.forgetContainer(container);
-    }
+    releaseGroupIfIdle(this.vfio, this.node);
   }
+}
+
+/** vfio_group_fops_release: a closed group with no open device leaves its container. */
+function releaseGroupIfIdle(vfio: VfioSubsystem, node: VfioGroupNode): void {
+  const container = node.container;
+  if (node.opened || container === undefined || node.containerUsers !== 1) return;
+  container.detachGroup(node);
+  vfio.forgetContainer(container);
 }
 
 /** An open device fd. The last close calls close_device, then leaves the container's device list. */
 export class DeviceFile implements OpenFile {
   #closed = false;
 
-  constructor(readonly device: VfioDevice) {}
+  constructor(
+    readonly device: VfioDevice,
+    private readonly vfio: VfioSubsystem,
+  ) {}
 
   async ioctl(request: number, arg: unknown): Promise<number> {
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- invoked below with .call(this.device.ops, ...)
     const handler = this.device.ops.ioctl;
     if (handler === undefined) return -ERRNO.ENOTTY;
     try {
@@ -206,12 +215,18 @@ export class DeviceFile implements OpenFile {
     if (this.#closed) return;
     this.#closed = true;
     const device = this.device;
-    if (--device.openCount > 0) return;
+    // As vfio_df_close: the last close runs close_device while open_count is still 1, so it may unpin.
+    if (device.openCount > 1) {
+      device.openCount--;
+      return;
+    }
     try {
       await device.ops.closeDevice?.(device);
     } finally {
+      device.openCount--;
       device.container?.iommu?.unregisterDevice(device);
       device.node.containerUsers--;
+      releaseGroupIfIdle(this.vfio, device.node);
     }
   }
 

@@ -36,3 +36,30 @@ describe("type1 smoke", () => {
     });
   }
 });
+
+describe("process exit", () => {
+  it("closes the device before its group leaves the container, releasing every pin and frame", async () => {
+    const held: number[] = [];
+    const f = await Fixture.create({
+      variant: "mixed",
+      deviceOps: {
+        dmaUnmap: () => undefined,
+        closeDevice(vdev) {
+          for (const page of held.splice(0)) vfioUnpinPages(vdev, (BigInt(page) << 12n) as Iova, 1);
+        },
+      },
+    });
+    expect(await f.map()).to.equal(0);
+    const pages = new Uint32Array(4);
+    expect(vfioPinPages(f.device!, 0x2000n as Iova, 4, IOMMU_READ, pages)).to.equal(4);
+    held.push(2, 3, 4, 5);
+    const guestPages = Number(f.guestBytes / 4096n);
+    expect(f.host.phys.totalPins).to.equal(guestPages + 4);
+    f.qemu.exit();
+    await new Promise((r) => setImmediate(r));
+    expect(f.host.vfio.containers.size).to.equal(0);
+    expect(f.host.phys.totalPins).to.equal(0);
+    expect(f.host.phys.framesInUse).to.equal(0);
+    expect(f.host.kernel.warnings).to.deep.equal([]);
+  });
+});
