@@ -25,3 +25,7 @@ export * from "./vfio/vfio-container.js";
 export * from "./vfio/vfio-subsystem.js";
 export * from "./vfio/vendor-api.js";
 export * from "./vfio/type1/type1-invariants.js";
+export * from "./hypervisor/hypervisor-adapter.js";
+export * from "./hypervisor/guest-pin-port.js";
+export * from "./translate/vfio-guest-pins.js";
+export * from "./translate/translate-api.js";

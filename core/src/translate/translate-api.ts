@@ -1,0 +1,278 @@
+/**
+ * The translate API: the 2016 thread's answer, made one function.
+ *
+ *   translate(vdev, frames, { prot, device? }) -> { pfns, dmaAddrs?, segments?, handle }
+ *   pinForCpu(vdev, frames, prot)              = translate without a device
+ *   mapForDevice(vdev, frames, prot, device)   = translate with one
+ *   release(handle)
+ *
+ * Model: a translation pins guest frames once through the hypervisor's pin
+ * port for the vGPU (on KVM, VFIO type1: the only place pages are charged) and,
+ * when the vendor names its parent device, asks the hypervisor adapter to map
+ * the host frames for that device. A device mapping changes no accounting. The
+ * core keeps the device handle only inside the mapping it made, and forgets it
+ * on release.
+ *
+ * Invariants:
+ * - every live handle holds exactly one pin per frame it lists, and at most one
+ *   device mapping, unmapped exactly once with its original entry count;
+ * - release, releaseRange and invalidation never fail: they unmap before they
+ *   unpin, as the kernel does (an address must not stay mapped to a frame that
+ *   is no longer pinned);
+ * - `deviceRanges` holds one interval per live device segment, owned by the
+ *   vGPU whose translation made it; the isolation checker reads nothing else.
+ */
+import { inject, injectable } from "tsyringe";
+import sortedBtree from "sorted-btree";
+import { Observable, type Disposable } from "../events/emitter.js";
+import { IHypervisorAdapter, type DeviceHandle, type DeviceMapping, type HypervisorAdapter, type GuestInvalidation } from "../hypervisor/hypervisor-adapter.js";
+import type { GuestPinPort } from "../hypervisor/guest-pin-port.js";
+import { VfioError } from "../errors/kernel-error.js";
+import { IOMMU_READ, IOMMU_WRITE } from "../vfio/type1/vfio-dma.js";
+import { PAGE_SIZE } from "../address/address.js";
+
+/** Guest frames: a contiguous range, or an arbitrary list of frame numbers. */
+export type FrameSpec = { readonly start: number; readonly npages: number } | ArrayLike<number>;
+
+export interface TranslateOptions {
+  /** IOMMU_READ | IOMMU_WRITE, from the device's point of view. */
+  readonly prot: number;
+  /** The vendor's own parent device; omitted for CPU access. */
+  readonly device?: DeviceHandle;
+}
+
+export interface TranslationHandle {
+  readonly id: number;
+}
+
+export interface Translation {
+  readonly handle: TranslationHandle;
+  /** Host frame of each guest frame, in order. */
+  readonly pfns: Uint32Array;
+  /** With a device: the device address of each guest frame. */
+  readonly dmaAddrs?: BigUint64Array;
+  /** With a device: the segments the mapping produced (fewer than frames when the mechanism merges). */
+  readonly segments?: { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array };
+}
+
+export type IsolationFinding = { readonly addr: bigint; readonly kind: "unmapped" } | { readonly addr: bigint; readonly kind: "other-vgpu"; readonly owner: string };
+
+export interface TranslateEvents {
+  translated(e: { vdev: string; handle: number; npages: number; device: string | null; segments: number }): void;
+  released(e: { vdev: string; handle: number; npages: number; device: string | null }): void;
+  revoked(e: { vdev: string; handles: number[]; firstGfn: number; npages: number; reason: string }): void;
+}
+
+interface VgpuIdentity {
+  readonly name: string;
+}
+
+interface TranslationRecord {
+  readonly id: number;
+  readonly vdev: VgpuIdentity;
+  readonly pins: GuestPinPort;
+  readonly gfns: Float64Array;
+  readonly mapping: DeviceMapping | undefined;
+}
+
+interface DeviceRange {
+  readonly last: bigint;
+  readonly owner: string;
+  readonly handle: number;
+}
+
+type BTree<K, V> = import("sorted-btree").default<K, V>;
+
+const handleOf = (id: number): TranslationHandle => Object.freeze({ id });
+
+@injectable()
+export class TranslateApi extends Observable<TranslateEvents> {
+  readonly #records = new Map<number, TranslationRecord>();
+  readonly #byVdev = new Map<VgpuIdentity, Set<TranslationRecord>>();
+  readonly #deviceRanges = new Map<DeviceHandle, BTree<bigint, DeviceRange>>();
+  readonly #vdevsByVm = new Map<string, Set<VgpuIdentity>>();
+  readonly #subscription: Disposable;
+  #nextId = 1;
+
+  constructor(@inject(IHypervisorAdapter) private readonly adapter: HypervisorAdapter) {
+    super();
+    this.#subscription = adapter.onInvalidate((inv) => this.#onInvalidate(inv));
+  }
+
+  /** Declares which VM a vGPU belongs to, so the adapter's invalidations reach its translations. */
+  attach(vm: string, vdev: VgpuIdentity): void {
+    let set = this.#vdevsByVm.get(vm);
+    if (set === undefined) this.#vdevsByVm.set(vm, (set = new Set()));
+    set.add(vdev);
+  }
+
+  detach(vm: string, vdev: VgpuIdentity): void {
+    this.#vdevsByVm.get(vm)?.delete(vdev);
+  }
+
+  translate(vdev: VgpuIdentity, frames: FrameSpec, options: TranslateOptions): Translation {
+    const prot = options.prot;
+    if (!Number.isInteger(prot) || prot === 0 || (prot & ~(IOMMU_READ | IOMMU_WRITE)) !== 0) throw new VfioError("EINVAL", "translate-bad-prot", { prot });
+    const gfns = normalizeFrames(frames);
+    const n = gfns.length;
+    if (n === 0) throw new VfioError("EINVAL", "translate-no-frames");
+    const caps = this.adapter.capabilities();
+    if (n > caps.maxPinPerCall) throw new VfioError("E2BIG", "translate-too-many-frames", { npages: n, max: caps.maxPinPerCall });
+    const pins = this.adapter.guestPins(vdev);
+    const pfns = new Uint32Array(n);
+    const write = (prot & IOMMU_WRITE) !== 0;
+    pins.pin(gfns, n, write, pfns);
+    let mapping: DeviceMapping | undefined;
+    if (options.device !== undefined) {
+      try {
+        mapping = this.adapter.mapForDevice(options.device, pfns, n, write);
+      } catch (e) {
+        pins.unpin(gfns, n);
+        throw e;
+      }
+    }
+    const record: TranslationRecord = { id: this.#nextId++, vdev, pins, gfns, mapping };
+    this.#records.set(record.id, record);
+    let mine = this.#byVdev.get(vdev);
+    if (mine === undefined) this.#byVdev.set(vdev, (mine = new Set()));
+    mine.add(record);
+    const handle = handleOf(record.id);
+    if (mapping === undefined) {
+      this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: null, segments: 0 });
+      return { handle, pfns };
+    }
+    this.#addDeviceRanges(record, mapping);
+    this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: mapping.device.name, segments: mapping.count });
+    return {
+      handle,
+      pfns,
+      dmaAddrs: frameAddresses(mapping, n),
+      segments: { count: mapping.count, addr: mapping.segAddr.subarray(0, mapping.count), length: mapping.segLength.subarray(0, mapping.count) },
+    };
+  }
+
+  pinForCpu(vdev: VgpuIdentity, frames: FrameSpec, prot: number): Translation {
+    return this.translate(vdev, frames, { prot });
+  }
+
+  mapForDevice(vdev: VgpuIdentity, frames: FrameSpec, prot: number, device: DeviceHandle): Translation {
+    return this.translate(vdev, frames, { prot, device });
+  }
+
+  /** Releases a translation: unmaps it from the device, then unpins. An unknown or released handle is -EINVAL. */
+  release(handle: TranslationHandle): void {
+    const record = typeof handle === "object" && handle !== null ? this.#records.get(handle.id) : undefined;
+    if (record === undefined) throw new VfioError("EINVAL", "translate-unknown-handle", { handle: (handle as { id?: unknown } | null)?.id });
+    this.#release(record);
+    this.emit("released", { vdev: record.vdev.name, handle: record.id, npages: record.gfns.length, device: record.mapping?.device.name ?? null });
+  }
+
+  /** Releases every translation of `vdev` that lists a frame of [firstGfn, firstGfn + npages); returns their handles. */
+  releaseRange(vdev: VgpuIdentity, firstGfn: number, npages: number, reason = "dma_unmap"): TranslationHandle[] {
+    const released: number[] = [];
+    for (const record of [...(this.#byVdev.get(vdev) ?? [])]) {
+      if (!touches(record.gfns, firstGfn, firstGfn + npages)) continue;
+      this.#release(record);
+      released.push(record.id);
+    }
+    if (released.length > 0) this.emit("revoked", { vdev: vdev.name, handles: released, firstGfn, npages, reason });
+    return released.map(handleOf);
+  }
+
+  /** Live translations of a vGPU, or of all vGPUs. */
+  liveCount(vdev?: VgpuIdentity): number {
+    return vdev === undefined ? this.#records.size : (this.#byVdev.get(vdev)?.size ?? 0);
+  }
+
+  /**
+   * The isolation checker: for each device address a vGPU has made visible to
+   * its parent, reports the ones that belong to another vGPU on the same parent
+   * (a single requester ID cannot tell them apart) or that are no longer mapped.
+   */
+  checkIsolation(vdev: VgpuIdentity, device: DeviceHandle, visible: ArrayLike<bigint>): IsolationFinding[] {
+    const tree = this.#deviceRanges.get(device);
+    const findings: IsolationFinding[] = [];
+    for (let i = 0; i < visible.length; i++) {
+      const addr = visible[i]!;
+      const hit = tree?.nextLowerPair(addr + 1n);
+      if (hit === undefined || hit[1].last < addr) findings.push({ addr, kind: "unmapped" });
+      else if (hit[1].owner !== vdev.name) findings.push({ addr, kind: "other-vgpu", owner: hit[1].owner });
+    }
+    return findings;
+  }
+
+  /** Stops listening to the adapter; live translations stay until released. */
+  dispose(): void {
+    this.#subscription.dispose();
+  }
+
+  #release(record: TranslationRecord): void {
+    this.#records.delete(record.id);
+    this.#byVdev.get(record.vdev)?.delete(record);
+    if (record.mapping !== undefined) {
+      this.#removeDeviceRanges(record.mapping);
+      this.adapter.unmapForDevice(record.mapping);
+    }
+    record.pins.unpin(record.gfns, record.gfns.length);
+  }
+
+  #onInvalidate(inv: GuestInvalidation): void {
+    for (const vdev of this.#vdevsByVm.get(inv.vm) ?? []) this.releaseRange(vdev, inv.firstGfn, inv.npages, inv.reason);
+  }
+
+  #addDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
+    let tree = this.#deviceRanges.get(mapping.device);
+    if (tree === undefined) this.#deviceRanges.set(mapping.device, (tree = new sortedBtree.default<bigint, DeviceRange>()));
+    for (let s = 0; s < mapping.count; s++) {
+      const start = mapping.segAddr[s]!;
+      tree.set(start, { last: start + BigInt(mapping.segLength[s]!) - 1n, owner: record.vdev.name, handle: record.id });
+    }
+  }
+
+  #removeDeviceRanges(mapping: DeviceMapping): void {
+    const tree = this.#deviceRanges.get(mapping.device);
+    for (let s = 0; s < mapping.count; s++) tree?.delete(mapping.segAddr[s]!);
+  }
+}
+
+function normalizeFrames(frames: FrameSpec): Float64Array {
+  if (frames === null || typeof frames !== "object") throw new VfioError("EINVAL", "translate-bad-frames");
+  if ("npages" in frames && "start" in frames && !("length" in frames)) {
+    const { start, npages } = frames;
+    if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(npages) || npages < 0) throw new VfioError("EINVAL", "translate-bad-frames");
+    const out = new Float64Array(npages);
+    for (let i = 0; i < npages; i++) out[i] = start + i;
+    return out;
+  }
+  const list = frames as ArrayLike<number>;
+  if (typeof list.length !== "number") throw new VfioError("EINVAL", "translate-bad-frames");
+  const out = new Float64Array(list.length);
+  for (let i = 0; i < list.length; i++) {
+    const g = list[i]!;
+    if (!Number.isSafeInteger(g) || g < 0) throw new VfioError("EINVAL", "translate-bad-frames", { index: i });
+    out[i] = g;
+  }
+  return out;
+}
+
+function touches(gfns: Float64Array, first: number, end: number): boolean {
+  for (let i = 0; i < gfns.length; i++) if (gfns[i]! >= first && gfns[i]! < end) return true;
+  return false;
+}
+
+/** The device address of each page-sized frame, walking the segments in order. */
+function frameAddresses(mapping: DeviceMapping, n: number): BigUint64Array {
+  const out = new BigUint64Array(n);
+  let seg = 0;
+  let used = 0;
+  for (let i = 0; i < n; i++) {
+    while (seg < mapping.count && used >= mapping.segLength[seg]!) {
+      seg++;
+      used = 0;
+    }
+    out[i] = mapping.segAddr[seg]! + BigInt(used);
+    used += PAGE_SIZE;
+  }
+  return out;
+}
+
