@@ -7,4 +7,4 @@ import type { InjectionToken } from "tsyringe";
 
 export type Token<T> = symbol & { readonly __of?: T };
 
-export const createToken = <T>(name: string): Token<T> & InjectionToken<T> => Symbol(name) as Token<T> & InjectionToken<T>;
+export const createToken = <T>(name: string): Token<T> & InjectionToken<T> => Symbol(name);

@@ -39,7 +39,6 @@ export class MemoryObject {
   readonly frames: Uint32Array;
   readonly #mmioBase: number;
   readonly #fragmentation: number;
-  #reservedBlocks = 0;
   #mappings = 0;
 
   constructor(
@@ -60,7 +59,6 @@ export class MemoryObject {
       if (options.npages % BLOCK_PAGES !== 0) throw new HostError("EINVAL", "hugetlbfs-length-unaligned", { npages: options.npages });
       const blocks = options.npages / BLOCK_PAGES;
       if (blocks > phys.freeBlocks) throw new HostError("ENOMEM", "hugetlbfs-pool-exhausted", { npages: options.npages });
-      this.#reservedBlocks = blocks;
     }
   }
 
@@ -81,7 +79,6 @@ export class MemoryObject {
     if (this.backing === "hugetlbfs" || (this.backing === "thp" && this.#windowIsFree(window) && this.phys.rng.float() >= this.#fragmentation)) {
       const base = this.phys.allocBlock();
       if (base !== 0) {
-        if (this.backing === "hugetlbfs") this.#reservedBlocks--;
         for (let k = 0; k < BLOCK_PAGES; k++) this.frames[window + k] = base + k;
         return this.frames[index]!;
       }

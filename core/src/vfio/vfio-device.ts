@@ -47,6 +47,7 @@ export class VfioDevice implements Type1Device {
     /** The host's kernel log: WARNs of the vendor API land there, and a crashed host refuses calls. */
     readonly kernel: KernelLog,
   ) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- invoked below with .call(ops, ...)
     const dmaUnmap = ops.dmaUnmap;
     if (dmaUnmap !== undefined) this.dmaUnmap = (iova, length) => dmaUnmap.call(ops, this, iova, length);
   }
