@@ -29,3 +29,6 @@ export * from "./hypervisor/hypervisor-adapter.js";
 export * from "./hypervisor/guest-pin-port.js";
 export * from "./translate/vfio-guest-pins.js";
 export * from "./translate/translate-api.js";
+export * from "./plugins/plugin-manifest.js";
+export * from "./plugins/plugin-graph.js";
+export * from "./plugins/plugin-host.js";
