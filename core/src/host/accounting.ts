@@ -27,15 +27,21 @@ export class Accounting {
       if (!bypass && lockedVm + pages > task.memlockLimitPages) return -ERRNO.ENOMEM;
       mm.lockedVm += pages;
     } else {
-      this.log.warnOnce(pages > mm.lockedVm, "__account_locked_vm", "uncharging more than is locked", { pages, lockedVm: mm.lockedVm });
+      if (pages > mm.lockedVm) this.log.warnOnce(true, "__account_locked_vm", "uncharging more than is locked", { pages, lockedVm: mm.lockedVm });
       mm.lockedVm -= pages;
     }
     return 0;
   }
 
-  /** `mm_lock_acct(task, mm, lock_cap, npage)`: signed npage; 0, -EINTR or -ENOMEM. */
+  /**
+   * `mm_lock_acct(task, mm, lock_cap, npage)`: signed npage; 0, -EINTR or -ENOMEM.
+   * The killable lock fails only with a fatal signal pending. Callers that
+   * uncharge ignore that failure in the kernel, where the pages then stay on an
+   * mm that is about to die with its task; the model's tasks do not die of the
+   * injected signal, so only a charge can be interrupted.
+   */
   mmLockAcct(task: Process, mm: Mm, lockCap: boolean, npage: number): number {
-    if (this.faults.shouldFail("mmap_lock")) return -ERRNO.EINTR;
+    if (npage > 0 && this.faults.shouldFail("mmap_lock")) return -ERRNO.EINTR;
     return this.accountLockedVm(mm, Math.abs(npage), npage > 0, task, lockCap);
   }
 }
