@@ -51,7 +51,10 @@ export function vfioUnpinPages(vdev: VfioDevice, iova: Iova, npage: number): voi
 /** vfio_dma_rw: copies `data.length` bytes at `iova`; `current` undefined is a kthread. */
 export function vfioDmaRw(vdev: VfioDevice, iova: Iova, data: Uint8Array, write: boolean, current?: Process): void {
   const iommu = backend(vdev);
-  if (!(data instanceof Uint8Array) || data.length <= 0 || !vdev.isOpen) throw new VfioError("EINVAL", "rw-bad-arguments");
+  // vfio_assert_device_open() is a WARN_ON_ONCE, evaluated only once the buffer checks pass.
+  if (!(data instanceof Uint8Array) || data.length <= 0 || vdev.kernel.warnOnce(!vdev.isOpen, "vfio_assert_device_open", "device not open", { device: vdev.name })) {
+    throw new VfioError("EINVAL", "rw-bad-arguments");
+  }
   if (iommu === undefined) throw new VfioError(vdev.container === undefined ? "EINVAL" : "ENOTTY", "rw-no-iommu-driver");
   iommu.dmaRw(iova, data, write, current);
 }
