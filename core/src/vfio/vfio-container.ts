@@ -17,6 +17,8 @@ import { type1Ioctl } from "./type1/type1-ioctl.js";
 export class VfioContainer {
   readonly groups: VfioGroupNode[] = [];
   iommu: Type1Iommu | undefined;
+  /** The /dev/vfio/vfio file is still open; with the groups, it keeps the container alive. */
+  fileOpen = true;
   #onBackend: ((iommu: Type1Iommu) => void)[] = [];
 
   constructor(
@@ -77,9 +79,9 @@ export class VfioContainer {
       case VFIO_CHECK_EXTENSION:
         return typeof arg === "number" ? checkExtension(this.iommu, arg) : 0;
       case VFIO_SET_IOMMU:
-        if (typeof arg !== "number") return -ERRNO.ENODEV;
         try {
-          this.setIommu(arg, current);
+          // arg is an unsigned long: a value that names no type matches no driver (-ENODEV), after the group checks.
+          this.setIommu(typeof arg === "number" ? arg : -1, current);
           return 0;
         } catch (e) {
           if (isKernelError(e)) return -e.errno;
@@ -94,11 +96,17 @@ export class VfioContainer {
 
 /** The open file of /dev/vfio/vfio. Closing it leaves the container to its groups. */
 export class ContainerFile implements OpenFile {
-  constructor(readonly container: VfioContainer) {}
+  constructor(
+    readonly container: VfioContainer,
+    private readonly onRelease: () => void = () => {},
+  ) {}
 
   ioctl(request: number, arg: unknown, current: Process): Promise<number> {
     return this.container.ioctl(request, arg, current);
   }
 
-  release(): void {}
+  release(): void {
+    this.container.fileOpen = false;
+    this.onRelease();
+  }
 }

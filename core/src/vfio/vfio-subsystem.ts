@@ -78,7 +78,7 @@ export class VfioSubsystem {
       const container = new VfioContainer(this.deps, this.log);
       container.onBackendCreated((iommu) => this.#backendListeners.forEach((fn) => fn(iommu)));
       this.containers.add(container);
-      return new ContainerFile(container);
+      return new ContainerFile(container, () => this.forgetContainer(container));
     }
     const m = /^\/dev\/vfio\/(\d+)$/.exec(path);
     const node = m === null ? undefined : this.groups.get(Number(m[1]));
@@ -95,8 +95,9 @@ export class VfioSubsystem {
     return file instanceof ContainerFile ? file.container : -ERRNO.EBADFD;
   }
 
+  /** A container lives while its file is open or a group holds it (vfio_container_put). */
   forgetContainer(container: VfioContainer): void {
-    if (container.groups.length === 0) this.containers.delete(container);
+    if (container.groups.length === 0 && !container.fileOpen) this.containers.delete(container);
   }
 }
 
@@ -134,12 +135,13 @@ class GroupFile implements OpenFile {
     return 0;
   }
 
+  /** vfio_group_ioctl_set_container: get_user, fdget (a negative fd is -EBADF too), already set, then the file's type. */
   #setContainer(arg: unknown, current: Process): number {
     if (typeof arg !== "number" || !Number.isInteger(arg)) return -ERRNO.EFAULT;
-    if (arg < 0) return -ERRNO.EINVAL;
     const container = this.vfio.containerOfFd(current, arg);
-    if (typeof container === "number") return container;
+    if (container === -ERRNO.EBADF) return container;
     if (this.node.container !== undefined) return -ERRNO.EINVAL;
+    if (typeof container === "number") return container;
     container.attachGroup(this.node, current);
     return 0;
   }

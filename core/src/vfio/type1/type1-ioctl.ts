@@ -84,6 +84,9 @@ function readBitmap(v: unknown): { pgsize: bigint; size: bigint; raw: unknown } 
   return { pgsize: u64(b, "pgsize"), size: u64(b, "size"), raw: b["data"] };
 }
 
+/** bitmap.data as the copy sees it: a buffer the model cannot write through has no bytes, so copy_to_user fails (-EFAULT) only when reached. */
+const bitmapBuffer = (raw: unknown): Uint8Array => (ArrayBuffer.isView(raw) ? userBytes(raw) : new Uint8Array(0));
+
 /** verify_bitmap_size. */
 const bitmapSizeOk = (npages: bigint, size: bigint): boolean => npages !== 0n && size !== 0n && size <= DIRTY_BITMAP_SIZE_MAX && size >= dirtyBitmapBytes(npages);
 
@@ -109,7 +112,7 @@ async function unmapDma(iommu: Type1Iommu, arg: unknown): Promise<number> {
     if (argsz < SIZEOF.dmaUnmap + SIZEOF.bitmap) return -ERRNO.EINVAL;
     const b = readBitmap(s["bitmap"]);
     if (!bitmapSizeOk(size >> ffs(b.pgsize), b.size)) return -ERRNO.EINVAL;
-    bitmap = { pgsize: b.pgsize, size: b.size, data: userBytes(b.raw) };
+    bitmap = { pgsize: b.pgsize, size: b.size, data: bitmapBuffer(b.raw) };
   }
   const unmapped = await iommu.unmapDma({ flags, iova, size, ...(bitmap === undefined ? {} : { bitmap }) });
   s["size"] = unmapped;
@@ -175,6 +178,6 @@ function dirtyPages(iommu: Type1Iommu, arg: unknown): number {
   const b = readBitmap(range["bitmap"]);
   if (iova + size > (1n << 64n) - 1n) return -ERRNO.EINVAL;
   if (!bitmapSizeOk(size >> ffs(b.pgsize), b.size)) return -ERRNO.EINVAL;
-  iommu.getDirtyBitmap(iova, size, { pgsize: b.pgsize, size: b.size, data: userBytes(b.raw) });
+  iommu.getDirtyBitmap(iova, size, { pgsize: b.pgsize, size: b.size, data: bitmapBuffer(b.raw) });
   return 0;
 }
