@@ -43,13 +43,26 @@ export class IommuDomain {
   mappedPages = 0;
   iotlbSyncs = 0;
   readonly #chunks = new Map<number, Uint32Array>();
-  #lastKey = -1;
+  /** First IOVA page of the chunk last looked up (-CHUNK_PAGES: none), and that chunk. */
+  #lastBase = -CHUNK_PAGES;
   #lastChunk: Uint32Array | undefined;
+
+  /** The aperture in pages, so the map path compares small numbers. */
+  readonly #firstPage: number;
+  readonly #lastPage: number;
 
   constructor(
     readonly hw: IommuHardware,
     private readonly faults: FaultInjector,
-  ) {}
+  ) {
+    this.#firstPage = Number((hw.aperture.start + 0xfffn) >> 12n);
+    this.#lastPage = Number((hw.aperture.last + 1n) >> 12n) - 1;
+  }
+
+  /** A map outside the aperture fails as the IOMMU driver's address-width check does (-EFAULT). */
+  #outside(iovaPage: number, npages: number): boolean {
+    return iovaPage < this.#firstPage || iovaPage + npages - 1 > this.#lastPage;
+  }
 
   get pgsizeBitmap(): bigint {
     return this.hw.pgsizeBitmap;
@@ -57,13 +70,15 @@ export class IommuDomain {
 
   /** iommu_map of a physically contiguous run: 0 or a negative errno, nothing mapped on failure. */
   map(iovaPage: number, pfn: number, npages: number): number {
+    if (this.#outside(iovaPage, npages)) return -ERRNO.EFAULT;
     if (this.faults.shouldFail("iommu_map")) return -ERRNO.ENOMEM;
     for (let i = 0; i < npages; ) {
       const page = iovaPage + i;
       const chunk = this.#chunk(page, true)!;
       const at = page & CHUNK_MASK;
       const n = Math.min(npages - i, CHUNK_PAGES - at);
-      for (let k = 0; k < n; k++) chunk[at + k] = pfn + i + k;
+      const f = pfn + i - at;
+      for (let k = at; k < at + n; k++) chunk[k] = f + k;
       i += n;
     }
     this.mappedPages += npages;
@@ -72,10 +87,15 @@ export class IommuDomain {
 
   /** Writes each frame of `frames[from..from+npages)` at consecutive IOVA pages. */
   mapFrames(iovaPage: number, frames: Uint32Array, from: number, npages: number): number {
+    if (this.#outside(iovaPage, npages)) return -ERRNO.EFAULT;
     if (this.faults.shouldFail("iommu_map")) return -ERRNO.ENOMEM;
-    for (let i = 0; i < npages; i++) {
+    for (let i = 0; i < npages; ) {
       const page = iovaPage + i;
-      this.#chunk(page, true)![page & CHUNK_MASK] = frames[from + i]!;
+      const chunk = this.#chunk(page, true)!;
+      const at = page & CHUNK_MASK;
+      const n = Math.min(npages - i, CHUNK_PAGES - at);
+      chunk.set(frames.subarray(from + i, from + i + n), at);
+      i += n;
     }
     this.mappedPages += npages;
     return 0;
@@ -112,7 +132,18 @@ export class IommuDomain {
   /** Length of the physically contiguous mapped run starting at `iovaPage`, at most `max`. */
   contiguousRun(iovaPage: number, first: number, max: number): number {
     let n = 1;
-    while (n < max && this.iovaToPfn(iovaPage + n) === first + n) n++;
+    while (n < max) {
+      const page = iovaPage + n;
+      const chunk = this.#chunk(page, false);
+      if (chunk === undefined) break;
+      const at = page & CHUNK_MASK;
+      const end = at + Math.min(max - n, CHUNK_PAGES - at);
+      const f = first + n - at;
+      let k = at;
+      while (k < end && chunk[k] === f + k) k++;
+      n += k - at;
+      if (k < end) break;
+    }
     return n;
   }
 
@@ -121,15 +152,16 @@ export class IommuDomain {
   }
 
   #chunk(page: number, create: boolean): Uint32Array | undefined {
+    const base = this.#lastBase;
+    if (page >= base && page < base + CHUNK_PAGES) return this.#lastChunk;
     const key = Math.floor(page / CHUNK_PAGES);
-    if (key === this.#lastKey) return this.#lastChunk;
     let chunk = this.#chunks.get(key);
     if (chunk === undefined) {
       if (!create) return undefined;
       chunk = new Uint32Array(CHUNK_PAGES);
       this.#chunks.set(key, chunk);
     }
-    this.#lastKey = key;
+    this.#lastBase = key * CHUNK_PAGES;
     this.#lastChunk = chunk;
     return chunk;
   }

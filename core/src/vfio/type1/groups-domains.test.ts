@@ -553,3 +553,20 @@ describe("type1 groups and domains", () => {
     });
   });
 });
+
+describe("type1 replay outside the new domain's aperture", () => {
+  it("an mdev-only mapping above the IOMMU's address width makes the attach fail -EFAULT, with nothing pinned", async () => {
+    const f = await Fixture.create({ variant: "mdev-only" });
+    expect(await f.map(1n << 50n)).to.equal(0);
+    const node = f.host.vfio.addIommuGroup(VTD, [X86_MSI]);
+    f.host.vfio.addDevice(node, "0000:01:00.0");
+    const fd = f.host.open(f.qemu, `/dev/vfio/${node.number}`);
+    expect(await f.host.ioctl(f.qemu, fd, VFIO_GROUP_SET_CONTAINER, f.containerFd)).to.equal(-14);
+    expect(f.iommu.domains.length).to.equal(0);
+    expect(f.host.phys.totalPins).to.equal(0);
+    expect(f.qemu.mm.lockedVm).to.equal(0);
+    f.check();
+    await f.teardown();
+    expect(f.leaks()).to.deep.equal(NO_LEAKS);
+  });
+});
