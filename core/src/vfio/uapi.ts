@@ -115,10 +115,39 @@ export class UapiFault extends VfioError {}
 
 type Fields = Record<string, unknown>;
 
-/** copy_from_user of an argument object: -EFAULT unless it is an object. */
+/**
+ * The argument as user memory: -EFAULT unless it is an object, and every read
+ * or write through the returned view that throws (a getter or setter, a
+ * revoked proxy) is a fault of the copy (-EFAULT), never an exception.
+ */
 export function userStruct(arg: unknown): Fields {
   if (typeof arg !== "object" || arg === null) throw new UapiFault("EFAULT", "arg-not-readable");
-  return arg as Fields;
+  const fault = (field: string | symbol): never => {
+    throw new UapiFault("EFAULT", "user-memory-fault", { field: String(field) });
+  };
+  return new Proxy(arg as Fields, {
+    get: (target, key) => {
+      try {
+        return Reflect.get(target, key) as unknown;
+      } catch {
+        return fault(key);
+      }
+    },
+    has: (target, key) => {
+      try {
+        return Reflect.has(target, key);
+      } catch {
+        return fault(key);
+      }
+    },
+    set: (target, key, value) => {
+      try {
+        return Reflect.set(target, key, value);
+      } catch {
+        return fault(key);
+      }
+    },
+  });
 }
 
 /** The fields the kernel reads must be present: -EFAULT otherwise. */

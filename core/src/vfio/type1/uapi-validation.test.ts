@@ -1019,3 +1019,23 @@ async function mapWhole(f: Fixture): Promise<void> {
   expect(await f.map()).to.equal(0);
   f.check();
 }
+
+describe("uapi: an argument whose memory faults while the kernel copies it", () => {
+  it("a throwing getter is -EFAULT and changes nothing; a throwing setter fails the write-back after the unmap, as copy_to_user does", async () => {
+    const f = await Fixture.create({ variant: "mdev-only" });
+    const boom = (): never => {
+      throw new Error("unreadable");
+    };
+    const map = { argsz: 32, flags: 3, vaddr: f.guestRam, iova: 0n, get size(): bigint { return boom(); } };
+    expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_MAP_DMA, map)).to.equal(-14);
+    expect(f.iommu.dmas.size).to.equal(0);
+    expect(await f.map()).to.equal(0);
+    const unmap = { argsz: 24, flags: 0, iova: 0n, get size(): bigint { return f.guestBytes; }, set size(_v: bigint) { boom(); } };
+    expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, unmap)).to.equal(-14);
+    expect(f.iommu.dmas.size).to.equal(0);
+    expect(f.host.kernel.crashed).to.equal(false);
+    f.check();
+    await f.teardown();
+    expect(f.leaks()).to.deep.equal(NO_LEAKS);
+  });
+});
