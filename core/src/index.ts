@@ -32,3 +32,5 @@ export * from "./translate/translate-api.js";
 export * from "./plugins/plugin-manifest.js";
 export * from "./plugins/plugin-graph.js";
 export * from "./plugins/plugin-host.js";
+export * from "./vendor/vgpu-services.js";
+export * from "./vendor/vgpu-vendor.js";
