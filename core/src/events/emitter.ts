@@ -39,8 +39,9 @@ export class Observable<E extends EventMap<E>> {
     return n;
   }
 
+  /** Hot paths ask this before building an event; no subscription at all is the common case. */
   protected hasListeners(event: keyof E & string): boolean {
-    return this.#emitter.listenerCount(event) > 0;
+    return (this.#emitter as unknown as { _eventsCount: number })._eventsCount !== 0 && this.#emitter.listenerCount(event) > 0;
   }
 
   protected emit<K extends keyof E & string>(event: K, ...args: Parameters<E[K]>): void {

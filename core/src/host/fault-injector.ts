@@ -34,6 +34,11 @@ export class FaultInjector {
     return this.#fired;
   }
 
+  /** Whether a failure is pending. While it is not, `shouldFail` has no effect at all, so a hot path may skip calling it. */
+  get armed(): boolean {
+    return this.#armedAt !== 0;
+  }
+
   /** Fallible steps seen since arming. */
   get calls(): number {
     return this.#calls;

@@ -13,7 +13,9 @@
  *
  * Invariants: a frame appears in at most one slot of one object; dropping a
  * slot (munmap of the last mapping, madvise(DONTNEED), balloon) releases the
- * frame to PhysicalMemory, which keeps it while it is still pinned.
+ * frame to PhysicalMemory, which keeps it while it is still pinned. A window
+ * marked huge holds one whole 2 MiB block in order (a PMD mapping); dropping
+ * any of its pages splits it.
  */
 import { BLOCK_PAGES, type PhysicalMemory } from "./physical-memory.js";
 import { HostError } from "../errors/kernel-error.js";
@@ -39,6 +41,8 @@ export class MemoryObject {
   readonly frames: Uint32Array;
   readonly #mmioBase: number;
   readonly #fragmentation: number;
+  /** One byte per 2 MiB window: 1 while the window maps a whole block in order. */
+  readonly #huge: Uint8Array;
   #mappings = 0;
 
   constructor(
@@ -50,11 +54,13 @@ export class MemoryObject {
     this.#fragmentation = options.fragmentation ?? 0;
     if (this.backing === "pfnmap") {
       this.frames = new Uint32Array(0);
+      this.#huge = new Uint8Array(0);
       this.#mmioBase = phys.allocMmio(options.npages);
       return;
     }
     this.#mmioBase = 0;
     this.frames = new Uint32Array(options.npages);
+    this.#huge = new Uint8Array(this.backing === "scattered-4k" ? 0 : Math.ceil(options.npages / BLOCK_PAGES));
     if (this.backing === "hugetlbfs") {
       if (options.npages % BLOCK_PAGES !== 0) throw new HostError("EINVAL", "hugetlbfs-length-unaligned", { npages: options.npages });
       const blocks = options.npages / BLOCK_PAGES;
@@ -79,8 +85,10 @@ export class MemoryObject {
     if (this.backing === "hugetlbfs" || (this.backing === "thp" && this.#windowIsFree(window) && this.phys.rng.float() >= this.#fragmentation)) {
       const base = this.phys.allocBlock();
       if (base !== 0) {
-        for (let k = 0; k < BLOCK_PAGES; k++) this.frames[window + k] = base + k;
-        return this.frames[index]!;
+        const frames = this.frames;
+        for (let k = 0; k < BLOCK_PAGES; k++) frames[window + k] = base + k;
+        this.#huge[window / BLOCK_PAGES] = 1;
+        return frames[index]!;
       }
       if (this.backing === "hugetlbfs") return 0;
     }
@@ -92,13 +100,27 @@ export class MemoryObject {
   /** Releases pages [index, index + n): the next touch faults in fresh frames. */
   drop(index: number, n: number): void {
     const frames = this.frames;
+    const huge = this.#huge;
     for (let i = index; i < index + n; i++) {
       const f = frames[i]!;
       if (f !== 0) {
         this.phys.release(f);
         frames[i] = 0;
+        if (huge.length !== 0) huge[Math.floor(i / BLOCK_PAGES)] = 0;
       }
     }
+  }
+
+  /**
+   * How many pages from `index` to the end of its window are known to hold
+   * consecutive frames because the window maps a whole block (0 when it does
+   * not): a caller may then treat them as one physically contiguous run.
+   */
+  hugeRunAt(index: number): number {
+    const huge = this.#huge;
+    if (huge.length === 0) return 0;
+    const window = Math.floor(index / BLOCK_PAGES);
+    return huge[window] === 1 ? (window + 1) * BLOCK_PAGES - index : 0;
   }
 
   attach(): void {

@@ -43,6 +43,11 @@ export interface PfnmapRun {
 // Process mappings start high in the 47-bit user space, 2 MiB aligned.
 const MMAP_BASE_PAGE = 0x7f00_0000_0000 / 4096;
 
+/** Filled by pinUserPages: how many of the frames it returned, from the first, are known to be consecutive (at least 1). */
+export interface ContiguityHint {
+  contiguous: number;
+}
+
 export class Mm {
   readonly vmas: Vma[] = [];
   lockedVm = 0;
@@ -123,7 +128,7 @@ export class Mm {
    * `out[outAt..]`. Returns the count pinned (> 0), 0 when the first page is not
    * in a pageable VMA (a hole or a PFNMAP VMA), or a negative errno.
    */
-  pinUserPages(hvaPage: number, npages: number, write: boolean, out: Uint32Array, outAt: number): number {
+  pinUserPages(hvaPage: number, npages: number, write: boolean, out: Uint32Array, outAt: number, hint?: ContiguityHint): number {
     const vma = this.findVma(hvaPage);
     if (vma === undefined || vma.object.isPfnmap) return 0;
     if ((write && !vma.prot.write) || !vma.prot.read) return -14;
@@ -132,7 +137,26 @@ export class Mm {
     const frames = object.frames;
     const phys = this.phys;
     const base = vma.pgoff + (hvaPage - vma.startPage);
-    for (let i = 0; i < n; i++) {
+    let i = 0;
+    if (hint !== undefined) hint.contiguous = 1;
+    for (;;) {
+      // Present pages in one sweep, or a huge page at a time where the window
+      // maps one; stop at a hole (fault it in) or a refcount that would overflow.
+      const at = base + i;
+      const huge = object.hugeRunAt(at);
+      let want: number;
+      let got: number;
+      if (huge !== 0) {
+        want = Math.min(huge, n - i);
+        got = phys.pinContiguous(frames, at, want, out, outAt + i);
+        if (i === 0 && got !== 0 && hint !== undefined) hint.contiguous = got;
+      } else {
+        want = n - i;
+        got = phys.pinFrames(frames, at, want, out, outAt + i);
+      }
+      i += got;
+      if (i === n) return n;
+      if (got === want) continue;
       let f = frames[base + i]!;
       if (f === 0) f = object.faultIn(base + i);
       if (f === 0 || !phys.pin(f)) {
@@ -140,8 +164,24 @@ export class Mm {
         return -12;
       }
       out[outAt + i] = f;
+      i++;
     }
-    return n;
+  }
+
+  /**
+   * get_user_pages_fast_only(FOLL_PIN): pins up to `npages` pages from
+   * `hvaPage` that are already present, stopping at the first that is not,
+   * at the end of the VMA, or at a refcount that would overflow; writes their
+   * frames to `out[outAt..]`. Never faults a page in and never fails: returns
+   * the count pinned, 0 when the first page cannot be taken this way (a hole,
+   * a PFNMAP VMA, a protection mismatch), leaving the caller to take the slow
+   * path, which reports what went wrong.
+   */
+  pinPresentPages(hvaPage: number, npages: number, write: boolean, out: Uint32Array, outAt: number): number {
+    const vma = this.findVma(hvaPage);
+    if (vma === undefined || vma.object.isPfnmap || (write && !vma.prot.write) || !vma.prot.read) return 0;
+    const n = Math.min(npages, vma.endPage - hvaPage);
+    return this.phys.pinFrames(vma.object.frames, vma.pgoff + (hvaPage - vma.startPage), n, out, outAt);
   }
 
   /** follow_pfnmap_start: the MMIO frame behind a PFNMAP page and the contiguous run after it. */

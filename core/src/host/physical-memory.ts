@@ -45,6 +45,10 @@ export class PhysicalMemory {
   readonly ramFrames: number;
   readonly pins: Uint16Array;
   readonly state: Uint8Array;
+  /** Frames in the Orphan state: while there are none, an unpin need not look at `state`. */
+  #orphans = 0;
+  /** `pins` two frames a word, to see a block with no pin at all in a few reads. */
+  readonly #pinWords: Int32Array;
   totalPins = 0;
   framesInUse = 0;
   readonly #rng: SeededRng;
@@ -61,6 +65,7 @@ export class PhysicalMemory {
     if (blocks < 2 || frames >= MMIO_BASE_PFN) throw new RangeError(`host RAM of ${options.ramBytes} bytes is outside the model's range`);
     this.ramFrames = blocks * BLOCK_PAGES;
     this.pins = new Uint16Array(this.ramFrames);
+    this.#pinWords = new Int32Array(this.pins.buffer);
     this.state = new Uint8Array(this.ramFrames);
     this.#rng = new SeededRng(options.seed);
     this.#freeBlocks = new Uint32Array(blocks - 1);
@@ -100,6 +105,24 @@ export class PhysicalMemory {
     return base;
   }
 
+  /**
+   * Takes a free 2 MiB block lying wholly below frame `limitPfn`, as boot-time
+   * low allocations do (memblock_alloc_low for the swiotlb pool); returns its
+   * first frame, or 0 when no free block is that low.
+   */
+  allocBlockBelow(limitPfn: number): number {
+    for (let i = this.#freeBlockCount - 1; i >= 0; i--) {
+      const block = this.#freeBlocks[i]!;
+      if ((block + 1) * BLOCK_PAGES > limitPfn) continue;
+      this.#freeBlocks[i] = this.#freeBlocks[--this.#freeBlockCount]!;
+      const base = block * BLOCK_PAGES;
+      this.state.fill(FrameState.Held, base, base + BLOCK_PAGES);
+      this.framesInUse += BLOCK_PAGES;
+      return base;
+    }
+    return 0;
+  }
+
   /** Takes one frame from the scattered pool; returns 0 when memory is exhausted. */
   allocFrame(): number {
     if (this.#scatterCount === 0 && !this.#refillScatter()) return 0;
@@ -112,7 +135,10 @@ export class PhysicalMemory {
   /** The holder lets go of a frame: it is freed now, or when its last pin goes. */
   release(pfn: number): void {
     if (this.pins[pfn] === 0) this.#free(pfn);
-    else this.state[pfn] = FrameState.Orphan;
+    else if (this.state[pfn] !== FrameState.Orphan) {
+      this.state[pfn] = FrameState.Orphan;
+      this.#orphans++;
+    }
   }
 
   /** FOLL_PIN one reference; false when the refcount would overflow (GUP then fails). */
@@ -125,13 +151,98 @@ export class PhysicalMemory {
     return true;
   }
 
+  /**
+   * pin() over `src[from..from+n)`, writing each frame to `out[outAt..]`: stops
+   * before the first 0 (not present) or the first frame whose refcount would
+   * overflow, and returns how many it pinned.
+   */
+  pinFrames(src: Uint32Array, from: number, n: number, out: Uint32Array, outAt: number): number {
+    const pins = this.pins;
+    const ramFrames = this.ramFrames;
+    let counted = 0;
+    let i = 0;
+    for (; i < n; i++) {
+      const f = src[from + i]!;
+      if (f === 0) break;
+      if (f < ramFrames) {
+        const p = pins[f]!;
+        if (p === PIN_MAX) break;
+        pins[f] = p + 1;
+        counted++;
+      }
+      out[outAt + i] = f;
+    }
+    this.totalPins += counted;
+    return i;
+  }
+
+  /**
+   * pinFrames() over frames the caller knows to be consecutive
+   * (`src[from + k] === src[from] + k`, a huge page): the same result, with a
+   * block nobody has pinned yet pinned in one fill and the frames copied out
+   * in one move.
+   */
+  pinContiguous(src: Uint32Array, from: number, n: number, out: Uint32Array, outAt: number): number {
+    const first = src[from]!;
+    if (n <= 0 || first === 0 || first + n > this.ramFrames || ((first | n) & 1) !== 0) return this.pinFrames(src, from, n, out, outAt);
+    const words = this.#pinWords;
+    let any = 0;
+    for (let w = first >>> 1, end = (first + n) >>> 1; w < end; w++) any |= words[w]!;
+    if (any !== 0) return this.pinFrames(src, from, n, out, outAt);
+    this.pins.fill(1, first, first + n);
+    this.totalPins += n;
+    out.set(src.subarray(from, from + n), outAt);
+    return n;
+  }
+
   /** unpin_user_page: drop one pin; an orphan frame is freed with its last pin. */
   unpin(pfn: number): void {
     if (pfn >= this.ramFrames) return;
     const p = this.pins[pfn]! - 1;
     this.pins[pfn] = p;
     this.totalPins--;
-    if (p === 0 && this.state[pfn] === FrameState.Orphan) this.#free(pfn);
+    if (p === 0 && this.#orphans !== 0 && this.state[pfn] === FrameState.Orphan) this.#free(pfn);
+  }
+
+  /**
+   * put_pfn over frames [pfn, pfn + n): unpins every frame that has a struct
+   * page and is not reserved, skipping the others; returns how many it unpinned.
+   */
+  unpinRun(pfn: number, n: number): number {
+    const lo = Math.max(pfn, BLOCK_PAGES);
+    const hi = Math.min(pfn + n, this.ramFrames);
+    if (lo >= hi) return 0;
+    const pins = this.pins;
+    const state = this.state;
+    for (let f = lo; f < hi; f++) {
+      const p = pins[f]! - 1;
+      pins[f] = p;
+      if (p === 0 && this.#orphans !== 0 && state[f] === FrameState.Orphan) this.#free(f);
+    }
+    this.totalPins -= hi - lo;
+    return hi - lo;
+  }
+
+  /** unpinRun() over runs `pfns[r]`, `lens[r]` for r < count, in order; returns the frames unpinned. */
+  unpinRuns(pfns: Float64Array, lens: Float64Array, count: number): number {
+    const pins = this.pins;
+    const state = this.state;
+    const ramFrames = this.ramFrames;
+    let unpinned = 0;
+    for (let r = 0; r < count; r++) {
+      const pfn = pfns[r]!;
+      const lo = pfn < BLOCK_PAGES ? BLOCK_PAGES : pfn;
+      const last = pfn + lens[r]!;
+      const hi = last > ramFrames ? ramFrames : last;
+      for (let f = lo; f < hi; f++) {
+        const p = pins[f]! - 1;
+        pins[f] = p;
+        if (p === 0 && this.#orphans !== 0 && state[f] === FrameState.Orphan) this.#free(f);
+      }
+      if (hi > lo) unpinned += hi - lo;
+    }
+    this.totalPins -= unpinned;
+    return unpinned;
   }
 
   /** Reserves a contiguous MMIO range (a BAR); its frames have no struct page. */
@@ -159,6 +270,7 @@ export class PhysicalMemory {
   }
 
   #free(pfn: number): void {
+    if (this.state[pfn] === FrameState.Orphan) this.#orphans--;
     this.state[pfn] = FrameState.Free;
     this.framesInUse--;
     const chunk = this.#content.get(Math.floor(pfn / CONTENT_CHUNK_PAGES));

@@ -41,7 +41,8 @@ export class Process {
   readonly mm: Mm;
   readonly comm: string;
   readonly uid: number;
-  rlimitMemlock: bigint;
+  #rlimitMemlock = 0n;
+  #memlockLimitPages = 0;
   readonly #caps: Set<Capability>;
   readonly files = new Map<number, OpenFile>();
   #nextFd = 3;
@@ -71,9 +72,19 @@ export class Process {
     else this.#caps.delete(cap);
   }
 
-  /** RLIMIT_MEMLOCK in pages, saturating like `rlimit >> PAGE_SHIFT`. */
+  /** RLIMIT_MEMLOCK in bytes. */
+  get rlimitMemlock(): bigint {
+    return this.#rlimitMemlock;
+  }
+
+  set rlimitMemlock(bytes: bigint) {
+    this.#rlimitMemlock = bytes;
+    this.#memlockLimitPages = Number(bytes >> 12n);
+  }
+
+  /** RLIMIT_MEMLOCK in pages, saturating like `rlimit >> PAGE_SHIFT` (kept with the limit: read on every charge). */
   get memlockLimitPages(): number {
-    return Number(this.rlimitMemlock >> 12n);
+    return this.#memlockLimitPages;
   }
 
   /** mmap of anonymous guest RAM (or of an existing shared object); returns its HVA. */

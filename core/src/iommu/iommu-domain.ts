@@ -36,6 +36,24 @@ export interface IommuHardware {
   readonly enforceCacheCoherency: boolean;
 }
 
+/** Runs taken out of a domain and not yet unpinned: what vfio_unmap_unpin collects between IOTLB syncs. */
+export class UnmappedRuns {
+  readonly iova: Float64Array;
+  readonly pfn: Float64Array;
+  readonly len: Float64Array;
+  count = 0;
+
+  constructor(capacity: number) {
+    this.iova = new Float64Array(capacity);
+    this.pfn = new Float64Array(capacity);
+    this.len = new Float64Array(capacity);
+  }
+
+  get full(): boolean {
+    return this.count === this.iova.length;
+  }
+}
+
 let nextDomainId = 1;
 
 export class IommuDomain {
@@ -145,6 +163,52 @@ export class IommuDomain {
       if (k < end) break;
     }
     return n;
+  }
+
+  /**
+   * The unmap walk of vfio_unmap_unpin, one step: from `iovaPage`, not past
+   * `end`, takes each physically contiguous mapped run in turn (as
+   * iovaToPfn + contiguousRun + unmap would), clears it and appends it to
+   * `runs`. Stops at an unmapped page, at `end`, or when `runs` is full;
+   * returns the page it stopped at.
+   */
+  unmapRuns(iovaPage: number, end: number, runs: UnmappedRuns): number {
+    const iovas = runs.iova;
+    const pfns = runs.pfn;
+    const lens = runs.len;
+    const capacity = iovas.length;
+    let count = runs.count;
+    let page = iovaPage;
+    let cleared = 0;
+    let chunk = this.#chunk(page, false);
+    let at = page & CHUNK_MASK;
+    while (page < end && count < capacity && chunk !== undefined) {
+      const pfn = chunk[at]!;
+      if (pfn === 0) break;
+      const start = page;
+      let len = 0;
+      // The run: consecutive frames from `pfn`, across chunk boundaries, cleared as they are read.
+      for (;;) {
+        chunk[at] = 0;
+        len++;
+        page++;
+        at = (at + 1) & CHUNK_MASK;
+        if (page >= end) break;
+        if (at === 0) {
+          chunk = this.#chunk(page, false);
+          if (chunk === undefined) break;
+        }
+        if (chunk[at] !== pfn + len) break;
+      }
+      cleared += len;
+      iovas[count] = start;
+      pfns[count] = pfn;
+      lens[count] = len;
+      count++;
+    }
+    runs.count = count;
+    this.mappedPages -= cleared;
+    return page;
   }
 
   iotlbSync(): void {

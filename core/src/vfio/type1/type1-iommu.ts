@@ -26,7 +26,7 @@ import sortedBtree from "sorted-btree";
 import { Observable } from "../../events/emitter.js";
 import { VfioError } from "../../errors/kernel-error.js";
 import { ERRNO, errnoName, type ErrnoName } from "../../errors/errno.js";
-import { IommuDomain, type ReservedRegion } from "../../iommu/iommu-domain.js";
+import { IommuDomain, UnmappedRuns, type ReservedRegion } from "../../iommu/iommu-domain.js";
 import type { IommuGroup } from "../../iommu/iommu-group.js";
 import type { KernelLog } from "../../host/kernel-log.js";
 import type { FaultInjector } from "../../host/fault-injector.js";
@@ -138,11 +138,25 @@ const ffs = (v: bigint): number => {
   return n;
 };
 
+/**
+ * How many frames from `frames[offset]` on, at most `size`, are physically
+ * contiguous (>= 1); the first `known` of them are known to be already.
+ */
+const contiguousFrames = (frames: Uint32Array, offset: number, size: number, known: number): number => {
+  const first = frames[offset]! - offset;
+  let i = offset + Math.max(1, Math.min(known, size));
+  const end = offset + size;
+  while (i < end && frames[i] === first + i) i++;
+  return i - offset;
+};
+
 /** GUP scratch space carried between vfio_pin_pages_remote calls (`struct vfio_batch`). */
 class Batch {
   readonly frames: Uint32Array;
   size = 0;
   offset = 0;
+  /** From the last refill: how many frames from index 0 GUP knows to be consecutive (a huge page). */
+  contiguous = 1;
   constructor(capacity: number) {
     this.frames = new Uint32Array(capacity);
   }
@@ -169,6 +183,14 @@ export class Type1Iommu extends Observable<Type1Events> {
   readonly #accounting: Accounting;
   readonly #phys: PhysicalMemory;
   readonly #params: Type1Params;
+  /** GUP result scratch: written by #vaddrGetPfns and read right after (never across an await). */
+  readonly #gup = { pfn: 0 };
+  /** The one-page batch of vfio_pin_page_external. */
+  readonly #batch1 = new Batch(1);
+  /** The frames of one vfio_pin_pages call taken by the fast path, before they are committed. */
+  readonly #pinScratch = new Uint32Array(VFIO_PIN_PAGES_MAX_ENTRIES);
+  /** vfio_unmap_unpin's list of unmapped regions awaiting the IOTLB sync (iova page, pfn, length). */
+  readonly #regions = new UnmappedRuns(VFIO_IOMMU_TLB_SYNC_MAX);
 
   constructor(type: "TYPE1" | "TYPE1v2", deps: Type1Deps) {
     super();
@@ -268,14 +290,18 @@ export class Type1Iommu extends Observable<Type1Events> {
   // ---------------------------------------------------------------- GUP
 
   /**
-   * vaddr_get_pfns: refill the batch from `mm` at `vaddrPage`; returns the count
+   * vaddr_get_pfns: refill the batch from `mm` at page `index` of the mapping's
+   * vaddr range (page numbers of an HVA do not fit a small integer, so the
+   * offset travels instead); returns the count
    * obtained (> 0) with the first frame in `out.pfn`, or a negative errno. A
    * PFNMAP run returns its length with an empty batch.
    */
-  #vaddrGetPfns(mm: Mm, prot: number, vaddrPage: number, npages: number, batch: Batch, out: { pfn: number }): number {
+  #vaddrGetPfns(mm: Mm, dma: VfioDma, index: number, npages: number, batch: Batch, out: { pfn: number }): number {
+    const prot = dma.prot;
+    const vaddrPage = dma.vaddrPage + index;
     const write = (prot & IOMMU_WRITE) !== 0;
     const want = Math.min(npages, batch.frames.length);
-    let ret = this.#faults.shouldFail("gup") ? -ERRNO.ENOMEM : mm.pinUserPages(vaddrPage, want, write, batch.frames, 0);
+    let ret = this.#faults.shouldFail("gup") ? -ERRNO.ENOMEM : mm.pinUserPages(vaddrPage, want, write, batch.frames, 0, batch);
     if (ret > 0) {
       out.pfn = batch.frames[0]!;
       batch.size = ret;
@@ -305,29 +331,73 @@ export class Type1Iommu extends Observable<Type1Events> {
 
   /**
    * vfio_pin_pages_remote: pin the largest physically contiguous run starting
-   * at `vaddrPage` (at most `npage` pages), charging it in one go. Returns the
-   * run length and its first frame in `out.pfn`, or a negative errno.
+   * at page `index` of the mapping (at most `npage` pages), charging it in one
+   * go. Returns the run length and its first frame in `out.pfn`, or a negative
+   * errno.
    */
-  #pinPagesRemote(dma: VfioDma, vaddrPage: number, npage: number, limit: number, batch: Batch, current: Process, out: { pfn: number }): number {
+  #pinPagesRemote(dma: VfioDma, index: number, npage: number, limit: number, batch: Batch, current: Process, out: { pfn: number }): number {
+    const size = batch.size;
+    const nr = size === 0 ? 0 : contiguousFrames(batch.frames, batch.offset, size, batch.offset === 0 ? batch.contiguous : 1);
+    if (nr !== 0 && nr < size) {
+      const n = this.#pinRunInBatch(dma, index, npage, nr, limit, batch, current, out);
+      if (n !== 0) return n;
+    }
+    return this.#pinPagesRemoteBatches(dma, index, npage, limit, batch, current, out, nr);
+  }
+
+  /**
+   * vfio_pin_pages_remote when the batch already holds the whole run of `nr`
+   * frames, i.e. the run ends before the batch does (every run of scattered
+   * 4 KiB pages): the general loop's first pass, without its refill and PFNMAP
+   * arms. Returns 0 without changing anything when the general path must run
+   * instead (no pages asked, hugepages disabled, mm gone, memlock exceeded);
+   * that path then runs from the start and reports what the kernel would.
+   */
+  #pinRunInBatch(dma: VfioDma, index: number, npage: number, nr: number, limit: number, batch: Batch, current: Process, out: { pfn: number }): number {
+    if (npage <= 0 || this.#params.disableHugepages) return 0;
+    const mm = current.mm;
+    if (!mm.alive) return 0;
+    const offset = batch.offset;
+    const pfnBase = batch.frames[offset]!;
+    const rsvd = this.#isInvalidReserved(pfnBase);
+    let acct = 0;
+    if (!rsvd) {
+      acct = dma.vpfnCount === 0 ? nr : nr - dma.vpfnPages(index, nr);
+      if (acct !== 0 && !dma.lockCap && mm.lockedVm + mm.baselineLockedVm + acct > limit) return 0;
+    }
+    batch.offset = offset + nr;
+    batch.size -= nr;
+    const ret = this.#lockAcct(dma, acct, false);
+    if (ret < 0) return this.#unwindRemote(batch, pfnBase, nr, rsvd, ret);
+    out.pfn = pfnBase;
+    return nr;
+  }
+
+  /**
+   * vfio_pin_pages_remote, the general loop: refills the batch and follows the
+   * run across batches and PFNMAP VMAs. `firstNr` is the length of the
+   * contiguous frames at the batch's offset when the caller already counted
+   * them (0: not counted).
+   */
+  #pinPagesRemoteBatches(dma: VfioDma, index: number, npage: number, limit: number, batch: Batch, current: Process, out: { pfn: number }, firstNr: number): number {
     const mm = current.mm;
     if (!mm.alive) return -ERRNO.ENODEV;
-    let iovaPage = vaddrPage - dma.vaddrPage + dma.iovaPage;
     let pinned = 0;
     let lockAcct = 0;
     let pfnBase = 0;
     let rsvd = false;
     let pfn = 0;
-    let ret = 0;
+    let ret: number;
     if (batch.size > 0) {
       pfnBase = batch.frames[batch.offset]!;
       pfn = pfnBase;
       rsvd = this.#isInvalidReserved(pfnBase);
     }
     if (this.#params.disableHugepages) npage = 1;
-    const got = { pfn: 0 };
+    const got = this.#gup;
     outer: while (npage > 0) {
       if (batch.size === 0) {
-        ret = this.#vaddrGetPfns(mm, dma.prot, vaddrPage, npage, batch, got);
+        ret = this.#vaddrGetPfns(mm, dma, index, npage, batch, got);
         if (ret < 0) return this.#unwindRemote(batch, pfnBase, pinned, rsvd, ret);
         pfn = got.pfn;
         if (pfnBase === 0) {
@@ -339,18 +409,18 @@ export class Type1Iommu extends Observable<Type1Events> {
           if (pfn !== pfnBase + pinned || !rsvd) break;
           pinned += ret;
           npage -= ret;
-          vaddrPage += ret;
-          iovaPage += ret;
+          index += ret;
           continue;
         }
       }
       for (;;) {
         if (pfn !== pfnBase + pinned || rsvd !== this.#isInvalidReserved(pfn)) break outer;
         const frames = batch.frames;
-        let nr = 1;
-        while (nr < batch.size && frames[batch.offset + nr] === pfn + nr) nr++;
+        let nr = firstNr;
+        if (nr === 0) nr = contiguousFrames(frames, batch.offset, batch.size, batch.offset === 0 ? batch.contiguous : 1);
+        firstNr = 0;
         if (!rsvd) {
-          const acct = nr - dma.vpfnPages(iovaPage - dma.iovaPage, nr);
+          const acct = dma.vpfnCount === 0 ? nr : nr - dma.vpfnPages(index, nr);
           if (acct !== 0) {
             if (!dma.lockCap && mm.lockedVm + mm.baselineLockedVm + lockAcct + acct > limit) {
               this.#log.prWarn(`vfio_pin_pages_remote: RLIMIT_MEMLOCK (${BigInt(limit) << 12n}) exceeded`);
@@ -361,8 +431,7 @@ export class Type1Iommu extends Observable<Type1Events> {
         }
         pinned += nr;
         npage -= nr;
-        vaddrPage += nr;
-        iovaPage += nr;
+        index += nr;
         batch.offset += nr;
         batch.size -= nr;
         if (batch.size === 0) break;
@@ -376,16 +445,15 @@ export class Type1Iommu extends Observable<Type1Events> {
   }
 
   #unwindRemote(batch: Batch, pfnBase: number, pinned: number, rsvd: boolean, ret: number): number {
-    if (pinned > 0 && !rsvd) for (let k = 0; k < pinned; k++) this.#putPfn(pfnBase + k);
+    if (pinned > 0 && !rsvd) this.#phys.unpinRun(pfnBase, pinned);
     this.#batchUnpin(batch);
     return ret;
   }
 
   /** vfio_unpin_pages_remote: unpin a run; charges back `locked - unlocked` when accounting. */
   #unpinPagesRemote(dma: VfioDma, iovaPage: number, pfn: number, npage: number, doAccounting: boolean): number {
-    const locked = dma.vpfnPages(iovaPage - dma.iovaPage, npage);
-    let unlocked = 0;
-    for (let i = 0; i < npage; i++) unlocked += this.#putPfn(pfn + i);
+    const locked = dma.vpfnCount === 0 ? 0 : dma.vpfnPages(iovaPage - dma.iovaPage, npage);
+    const unlocked = this.#phys.unpinRun(pfn, npage);
     if (doAccounting) this.#lockAcct(dma, locked - unlocked, true);
     return unlocked;
   }
@@ -415,35 +483,33 @@ export class Type1Iommu extends Observable<Type1Events> {
     const first = this.domains[0]!.domain;
     for (let i = 1; i < this.domains.length; i++) this.domains[i]!.domain.unmap(dma.iovaPage, dma.npages);
     const end = dma.iovaPage + dma.npages;
-    const regionIova: number[] = [];
-    const regionPfn: number[] = [];
-    const regionLen: number[] = [];
+    const regions = this.#regions;
+    regions.count = 0;
     let unlocked = 0;
-    const sync = (): void => {
-      first.iotlbSync();
-      for (let r = 0; r < regionIova.length; r++) unlocked += this.#unpinPagesRemote(dma, regionIova[r]!, regionPfn[r]!, regionLen[r]!, false);
-      regionIova.length = regionPfn.length = regionLen.length = 0;
-    };
     for (let page = dma.iovaPage; page < end; ) {
-      const pfn = first.iovaToPfn(page);
-      if (this.#log.warnOn(pfn === 0, "vfio_unmap_unpin", "IOVA not mapped in the first domain", { page })) {
+      // iommu_iova_to_phys + the contiguity walk + iommu_unmap, region after region.
+      page = first.unmapRuns(page, end, regions);
+      if (regions.full) {
+        unlocked += this.#syncUnpin(first, regions);
+      } else if (page < end) {
+        this.#log.warnOn(true, "vfio_unmap_unpin", "IOVA not mapped in the first domain", { page });
         page++;
-        continue;
       }
-      const len = first.contiguousRun(page, pfn, end - page);
-      first.unmap(page, len);
-      regionIova.push(page);
-      regionPfn.push(pfn);
-      regionLen.push(len);
-      page += len;
-      if (regionIova.length >= VFIO_IOMMU_TLB_SYNC_MAX) sync();
     }
     dma.iommuMapped = false;
-    if (regionIova.length > 0) sync();
+    if (regions.count > 0) unlocked += this.#syncUnpin(first, regions);
     if (doAccounting) {
       this.#lockAcct(dma, -unlocked, true);
       return 0;
     }
+    return unlocked;
+  }
+
+  /** vfio_sync_unpin: flush the IOTLB, then unpin the regions listed (put_pfn over each; no accounting here); returns the pages unpinned. */
+  #syncUnpin(domain: IommuDomain, regions: UnmappedRuns): number {
+    domain.iotlbSync();
+    const unlocked = this.#phys.unpinRuns(regions.pfn, regions.len, regions.count);
+    regions.count = 0;
     return unlocked;
   }
 
@@ -514,7 +580,13 @@ export class Type1Iommu extends Observable<Type1Events> {
     let ret = 0;
     let left = npages;
     while (left > 0) {
-      const n = this.#pinPagesRemote(dma, dma.vaddrPage + dma.npages, left, limit, batch, current, out);
+      const runs = this.#pinMapRunsInBatch(dma, left, limit, batch, current);
+      if (runs > 0) {
+        left -= runs;
+        dma.npages += runs;
+        continue;
+      }
+      const n = this.#pinPagesRemote(dma, dma.npages, left, limit, batch, current, out);
       if (n <= 0) {
         this.#log.warnOn(n === 0, "vfio_pin_map_dma", "pinned nothing");
         ret = n;
@@ -532,6 +604,58 @@ export class Type1Iommu extends Observable<Type1Events> {
     dma.iommuMapped = true;
     if (ret !== 0) this.#removeDma(dma);
     return ret;
+  }
+
+  /**
+   * The loop of vfio_pin_map_dma over every run that ends inside the batch, in
+   * one step: for scattered 4 KiB pages that is every page of the batch but
+   * the last. Taken only when nothing can tell it from the run-by-run loop:
+   * no fault armed (no fallible step can fail, and none is counted), no
+   * lockedVmCharged listener (the per-run charges are not seen one by one), no
+   * external pin in the mapping (each run charges its whole length), every
+   * frame a counted page, and both memlock checks passing for the sum (they
+   * are monotone, so every run's check passes too). The frames then land at
+   * consecutive IOVAs exactly as run-by-run mapping writes them. Returns the
+   * pages done, or 0 without changing anything when it does not apply.
+   */
+  #pinMapRunsInBatch(dma: VfioDma, left: number, limit: number, batch: Batch, current: Process): number {
+    const size = batch.size;
+    if (size < 2 || size > left || this.#faults.armed || this.#params.disableHugepages || dma.vpfnCount !== 0 || this.hasListeners("lockedVmCharged")) return 0;
+    const frames = batch.frames;
+    const offset = batch.offset;
+    const end = offset + size;
+    // One run to the end of the batch (a huge page): nothing ends inside it.
+    if (frames[end - 1] === frames[offset]! + size - 1) return 0;
+    const mm = current.mm;
+    if (!mm.alive) return 0;
+    const phys = this.#phys;
+    let lastStart = offset;
+    let prev = frames[offset]!;
+    if (phys.isInvalidOrReserved(prev)) return 0;
+    for (let i = offset + 1; i < end; i++) {
+      const f = frames[i]!;
+      if (f !== prev + 1) {
+        lastStart = i;
+        if (phys.isInvalidOrReserved(f)) break;
+      }
+      prev = f;
+    }
+    const n = lastStart - offset;
+    if (n === 0) return 0;
+    if (!dma.lockCap && (mm.lockedVm + mm.baselineLockedVm + n > limit || dma.mm.lockedVm + dma.mm.baselineLockedVm + n > dma.task.memlockLimitPages)) return 0;
+    const iovaPage = dma.iovaPage + dma.npages;
+    const domains = this.domains;
+    for (let d = 0; d < domains.length; d++) {
+      if (domains[d]!.domain.mapFrames(iovaPage, frames, offset, n) !== 0) {
+        for (let j = d - 1; j >= 0; j--) domains[j]!.domain.unmap(iovaPage, n);
+        return 0;
+      }
+    }
+    batch.offset = lastStart;
+    batch.size = size - n;
+    // Cannot fail: the checks above passed and no fault is armed.
+    this.#lockAcct(dma, n, false);
+    return n;
   }
 
   #iovaDmaValid(start: bigint, last: bigint): boolean {
@@ -567,7 +691,7 @@ export class Type1Iommu extends Observable<Type1Events> {
     const unmapAll = (unmap.flags & VFIO_DMA_UNMAP_FLAG_ALL) !== 0;
     const invalidateVaddr = (unmap.flags & VFIO_DMA_UNMAP_FLAG_VADDR) !== 0;
     const getBitmap = (unmap.flags & VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP) !== 0;
-    let iova = unmap.iova;
+    const iova = unmap.iova;
     let size = unmap.size;
     let unmapped = 0n;
     let retries = 0;
@@ -673,8 +797,11 @@ export class Type1Iommu extends Observable<Type1Events> {
       if (this.#log.warnOnce(this.vaddrInvalidCount !== 0, "vfio_pin_pages", "vfio_pin_pages not allowed with VFIO_UPDATE_VADDR")) fail("EBUSY", "pin-while-vaddr-invalid");
       if (this.devices.length === 0) fail("EINVAL", "pin-without-dma-unmap-device");
       const startPage = pageOf(iova);
-      const iovaAt = (i: number): number => startPage + i;
-      const newPins = this.#pinLoop(npage, prot, pages, iovaAt);
+      let newPins = this.#pinNewRange(startPage, npage, prot, pages);
+      if (newPins < 0) {
+        const iovaAt = (i: number): number => startPage + i;
+        newPins = this.#pinLoop(npage, prot, pages, iovaAt);
+      }
       this.#promoteDirtyScope(device.group);
       if (this.hasListeners("pagesPinned")) this.emit("pagesPinned", { device: device.name, iova: addrOfPage(startPage), npage, newPins });
       return npage;
@@ -692,6 +819,50 @@ export class Type1Iommu extends Observable<Type1Events> {
       if (this.hasListeners("pagesPinned")) this.emit("pagesPinned", { device: device.name, iova: addrOfPage(userPfns[0]!), npage, newPins });
       return npage;
     });
+  }
+
+  /**
+   * vfio_iommu_type1_pin_pages when every page of the range is new to one
+   * mapping and already present: the pages are taken in one
+   * get_user_pages_fast_only sweep and charged in one go. Taken only when
+   * nothing can tell it from the page-by-page loop: no fault armed (no
+   * fallible step can fail, and none is counted), no lockedVmCharged listener
+   * (the per-page charges are not seen one by one), and the memlock check
+   * passing for the sum (it is monotone, so each page's check passes too).
+   * Returns the new pins, or -1 without changing anything when it does not
+   * apply; the page-by-page loop then runs and reports any error.
+   */
+  #pinNewRange(startPage: number, npage: number, prot: number, pages: Uint32Array): number {
+    const scratch = this.#pinScratch;
+    if (npage > scratch.length || this.#faults.armed || this.hasListeners("lockedVmCharged")) return -1;
+    const dma = this.findDma(startPage, 1);
+    if (dma === undefined || startPage + npage - 1 > dma.lastIovaPage || (dma.prot & prot) !== prot) return -1;
+    const index = startPage - dma.iovaPage;
+    if (dma.vpfnCount !== 0 && dma.vpfnPages(index, npage) !== 0) return -1;
+    const mm = dma.mm;
+    if (!mm.alive) return -1;
+    const doAccounting = this.domains.length === 0;
+    if (doAccounting && !dma.lockCap && mm.lockedVm + mm.baselineLockedVm + npage > dma.task.memlockLimitPages) return -1;
+    const phys = this.#phys;
+    const got = mm.pinPresentPages(dma.vaddrPage + index, npage, (dma.prot & IOMMU_WRITE) !== 0, scratch, 0);
+    if (got !== npage) {
+      for (let i = 0; i < got; i++) phys.unpin(scratch[i]!);
+      return -1;
+    }
+    let counted = 0;
+    for (let i = 0; i < npage; i++) {
+      const pfn = scratch[i]!;
+      dma.addVpfn(index + i, pfn);
+      pages[i] = pfn;
+      if (!phys.isInvalidOrReserved(pfn)) counted++;
+    }
+    if (this.dirtyPageTracking) {
+      const pp = this.#pgsizePages;
+      for (let i = 0; i < npage; i++) setBit(dma.bitmap!, Math.floor((index + i) / pp));
+    }
+    // Cannot fail: the check above passed and no fault is armed.
+    if (doAccounting) this.#lockAcct(dma, counted, false);
+    return npage;
   }
 
   /** The shared body of both pin forms: all or nothing. Returns how many IOVAs got a new pin. */
@@ -718,7 +889,7 @@ export class Type1Iommu extends Observable<Type1Events> {
         pages[i] = dma.getVpfn(index);
         continue;
       }
-      const ret = this.#pinPageExternal(dma, dma.vaddrPage + index, doAccounting, gup);
+      const ret = this.#pinPageExternal(dma, index, doAccounting, gup);
       if (ret !== 0) {
         err = new VfioError(errnoName(ret) ?? "EIO", "pin-external-failed", { iova: addrOfPage(page), done: i });
         break;
@@ -753,13 +924,15 @@ export class Type1Iommu extends Observable<Type1Events> {
   }
 
   /** vfio_pin_page_external: GUP one page through dma.mm; 0 or a negative errno. */
-  #pinPageExternal(dma: VfioDma, vaddrPage: number, doAccounting: boolean, out: Uint32Array): number {
+  #pinPageExternal(dma: VfioDma, index: number, doAccounting: boolean, out: Uint32Array): number {
     const mm = dma.mm;
     if (!mm.get()) return -ERRNO.ENODEV;
     try {
-      const batch = new Batch(1);
-      const got = { pfn: 0 };
-      const ret = this.#vaddrGetPfns(mm, dma.prot, vaddrPage, 1, batch, got);
+      const batch = this.#batch1;
+      batch.size = 0;
+      batch.offset = 0;
+      const got = this.#gup;
+      const ret = this.#vaddrGetPfns(mm, dma, index, 1, batch, got);
       if (ret !== 1) return ret < 0 ? ret : -ERRNO.EFAULT;
       out[0] = got.pfn;
       if (doAccounting && !this.#isInvalidReserved(got.pfn)) {
@@ -774,6 +947,35 @@ export class Type1Iommu extends Observable<Type1Events> {
     } finally {
       mm.put();
     }
+  }
+
+  /**
+   * vfio_iommu_type1_unpin_pages over a range inside one mapping, uncharging
+   * in one go. Taken only when nothing can tell it from the page-by-page loop:
+   * no fault armed, no lockedVmCharged listener, and (when charging) a live mm
+   * holding at least `npage` pages, so no step of the loop would WARN. Returns
+   * the pins released, or -1 without changing anything when it does not apply.
+   */
+  #unpinRange(startPage: number, npage: number): number {
+    if (this.#faults.armed || this.hasListeners("lockedVmCharged")) return -1;
+    const dma = this.findDma(startPage, 1);
+    if (dma === undefined || startPage + npage - 1 > dma.lastIovaPage) return -1;
+    const doAccounting = this.domains.length === 0;
+    const mm = dma.mm;
+    if (doAccounting && (!mm.alive || mm.lockedVm < npage)) return -1;
+    const phys = this.#phys;
+    const index = startPage - dma.iovaPage;
+    const before = dma.vpfnCount;
+    let unlocked = 0;
+    for (let i = index; i < index + npage; i++) {
+      if (dma.refsAt(i) === 0) continue;
+      const frame = dma.putVpfn(i);
+      if (frame === 0 || phys.isInvalidOrReserved(frame)) continue;
+      phys.unpin(frame);
+      unlocked++;
+    }
+    if (doAccounting && unlocked !== 0) this.#lockAcct(dma, -unlocked, true);
+    return before - dma.vpfnCount;
   }
 
   /** vfio_unpin_page_external: drop one reference; release and uncharge at zero. Returns pages uncharged. */
@@ -803,11 +1005,20 @@ export class Type1Iommu extends Observable<Type1Events> {
     this.#withLock(() => {
       const doAccounting = this.domains.length === 0;
       const startPage = pageOf(iova);
+      const inRange = this.#unpinRange(startPage, npage);
+      if (inRange >= 0) {
+        released = inRange;
+        i = npage;
+        return;
+      }
+      let dma: VfioDma | undefined;
       for (; i < npage; i++) {
-        const dma = this.findDma(startPage + i, 1);
+        const page = startPage + i;
+        // vfio_find_dma; the mapping found last still answers while it holds the page.
+        if (dma === undefined || !(page >= dma.iovaPage && page <= dma.lastIovaPage)) dma = this.findDma(page, 1);
         if (dma === undefined) break;
         const before = dma.vpfnCount;
-        this.#unpinPageExternal(dma, startPage + i, doAccounting);
+        this.#unpinPageExternal(dma, page, doAccounting);
         released += before - dma.vpfnCount;
       }
     });
@@ -822,11 +1033,13 @@ export class Type1Iommu extends Observable<Type1Events> {
     const i = this.#withLock(() => {
       const doAccounting = this.domains.length === 0;
       let k = 0;
+      let dma: VfioDma | undefined;
       for (; k < npage; k++) {
-        const dma = this.findDma(userPfns[k]!, 1);
+        const page = userPfns[k]!;
+        if (dma === undefined || !(page >= dma.iovaPage && page <= dma.lastIovaPage)) dma = this.findDma(page, 1);
         if (dma === undefined) break;
         const before = dma.vpfnCount;
-        this.#unpinPageExternal(dma, userPfns[k]!, doAccounting);
+        this.#unpinPageExternal(dma, page, doAccounting);
         released += before - dma.vpfnCount;
       }
       return k;
@@ -978,7 +1191,7 @@ export class Type1Iommu extends Observable<Type1Events> {
           }
           size = first.contiguousRun(page, pfn, end - page);
         } else {
-          const got = this.#pinPagesRemote(dma, dma.vaddrPage + (page - dma.iovaPage), end - page, limit, batch, current, out);
+          const got = this.#pinPagesRemote(dma, page - dma.iovaPage, end - page, limit, batch, current, out);
           if (got <= 0) {
             this.#log.warnOn(got === 0, "vfio_iommu_replay", "pinned nothing");
             ret = got;

@@ -37,7 +37,8 @@ export class VfioDma {
   vpfnCount = 0;
   bitmap: Uint8Array | null = null;
   readonly #chunks = new Map<number, VpfnChunk>();
-  #lastKey = -1;
+  /** First page offset of the chunk last looked up (-VPFN_CHUNK_PAGES: none), and that chunk. */
+  #lastBase = -VPFN_CHUNK_PAGES;
   #last: VpfnChunk | undefined;
 
   constructor(
@@ -56,30 +57,34 @@ export class VfioDma {
   /** vfio_find_vpfn: the pin at page offset `index`, as its ref_count (0 = none). */
   refsAt(index: number): number {
     const chunk = this.#chunk(index);
-    return chunk === undefined ? 0 : chunk.refs[index % VPFN_CHUNK_PAGES]!;
+    return chunk === undefined ? 0 : chunk.refs[index - this.#lastBase]!;
   }
 
   frameAt(index: number): number {
-    return this.#chunk(index)!.frame[index % VPFN_CHUNK_PAGES]!;
+    return this.#chunk(index)!.frame[index - this.#lastBase]!;
   }
 
   /** vfio_iova_get_vfio_pfn: takes a reference on an existing pin; returns its frame. */
   getVpfn(index: number): number {
     const chunk = this.#chunk(index)!;
-    chunk.refs[index % VPFN_CHUNK_PAGES]!++;
-    return chunk.frame[index % VPFN_CHUNK_PAGES]!;
+    const at = index - this.#lastBase;
+    chunk.refs[at]!++;
+    return chunk.frame[at]!;
   }
 
   /** vfio_add_to_pfn_list: a new pin with ref_count 1. */
   addVpfn(index: number, frame: number): void {
     let chunk = this.#chunk(index);
     if (chunk === undefined) {
+      const key = Math.floor(index / VPFN_CHUNK_PAGES);
       chunk = { frame: new Uint32Array(VPFN_CHUNK_PAGES), refs: new Uint32Array(VPFN_CHUNK_PAGES), count: 0 };
-      this.#chunks.set(Math.floor(index / VPFN_CHUNK_PAGES), chunk);
-      this.#lastKey = -1;
+      this.#chunks.set(key, chunk);
+      this.#lastBase = key * VPFN_CHUNK_PAGES;
+      this.#last = chunk;
     }
-    chunk.frame[index % VPFN_CHUNK_PAGES] = frame;
-    chunk.refs[index % VPFN_CHUNK_PAGES] = 1;
+    const at = index - this.#lastBase;
+    chunk.frame[at] = frame;
+    chunk.refs[at] = 1;
     chunk.count++;
     this.vpfnCount++;
   }
@@ -87,14 +92,15 @@ export class VfioDma {
   /** Drops one reference; returns the frame when that was the last one (the pin is gone), else 0. */
   putVpfn(index: number): number {
     const chunk = this.#chunk(index)!;
-    const at = index % VPFN_CHUNK_PAGES;
+    const at = index - this.#lastBase;
     if (--chunk.refs[at]! !== 0) return 0;
     const frame = chunk.frame[at]!;
     chunk.frame[at] = 0;
     this.vpfnCount--;
     if (--chunk.count === 0) {
       this.#chunks.delete(Math.floor(index / VPFN_CHUNK_PAGES));
-      this.#lastKey = -1;
+      this.#lastBase = -VPFN_CHUNK_PAGES;
+      this.#last = undefined;
     }
     return frame;
   }
@@ -130,12 +136,14 @@ export class VfioDma {
     return bytes;
   }
 
+  /** The chunk holding offset `index`; on success `#lastBase` is its first offset. */
   #chunk(index: number): VpfnChunk | undefined {
+    const base = this.#lastBase;
+    if (index >= base && index < base + VPFN_CHUNK_PAGES) return this.#last;
     const key = Math.floor(index / VPFN_CHUNK_PAGES);
-    if (key === this.#lastKey) return this.#last;
     const chunk = this.#chunks.get(key);
     if (chunk !== undefined) {
-      this.#lastKey = key;
+      this.#lastBase = key * VPFN_CHUNK_PAGES;
       this.#last = chunk;
     }
     return chunk;

@@ -1,0 +1,120 @@
+import { expect } from "chai";
+import { IOMMU_READ, IOMMU_WRITE, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
+import { createKvmStack, type KvmStack } from "./kvm-stack.js";
+
+/** A vendor-like caller: maps guest frames for its parent GPU, and drops them when told to. */
+class MapperVendor implements VgpuVendor {
+  readonly capabilities = { onePerVm: true, migration: false, ownRequesterId: false };
+  readonly vgpus: MapperVgpu[] = [];
+  listTypes() {
+    return [{ name: "mapper", description: "maps frames for its parent", resources: {} }];
+  }
+  availableInstances(): number {
+    return 8;
+  }
+  create(type: string, name: string, services: VgpuServices): MapperVgpu {
+    const v = new MapperVgpu(name, type, services);
+    this.vgpus.push(v);
+    return v;
+  }
+  destroy(): void {}
+}
+
+class MapperVgpu implements Vgpu {
+  readonly handles: { first: number; npages: number; handle: TranslationHandle; dma: bigint[] }[] = [];
+  readonly unmapCalls: [bigint, bigint][] = [];
+  constructor(
+    readonly name: string,
+    readonly type: string,
+    readonly services: VgpuServices,
+  ) {}
+  map(first: number, npages: number): bigint[] {
+    const t = this.services.translate({ start: first, npages }, { prot: IOMMU_READ | IOMMU_WRITE, device: this.services.parentDevice });
+    const dma = [...t.dmaAddrs!];
+    this.handles.push({ first, npages, handle: t.handle, dma });
+    return dma;
+  }
+  async open(): Promise<void> {}
+  async close(): Promise<void> {
+    for (const h of this.handles.splice(0)) this.services.release(h.handle);
+  }
+  read(): Uint8Array {
+    return new Uint8Array(0);
+  }
+  write(): void {}
+  async reset(): Promise<void> {}
+  dmaUnmap(iova: bigint, length: bigint): void {
+    this.unmapCalls.push([iova, length]);
+    const first = Number(iova >> 12n);
+    const end = first + Number(length >> 12n);
+    for (let i = this.handles.length - 1; i >= 0; i--) {
+      const h = this.handles[i]!;
+      if (h.first < end && first < h.first + h.npages) {
+        this.services.release(h.handle);
+        this.handles.splice(i, 1);
+      }
+    }
+  }
+  onGuestWrite(): void {}
+  onMemslotRemoved(): void {}
+  queryPlane() {
+    return undefined;
+  }
+  getDmabuf(): void {}
+  releaseDmabuf(): void {}
+}
+
+describe("KVM path: listener, vendor mapping for its parent, balloon, invalidation", () => {
+  let stack: KvmStack;
+  beforeEach(() => {
+    stack = createKvmStack({ host: { ramBytes: 4n << 30n, seed: 11 } });
+  });
+
+  it("releases exactly the translations of the ballooned block, and everything at shutdown", async () => {
+    const { host, parent, platform } = stack;
+    const vm = await platform.createVm({ name: "vm0", ramBytes: 64n << 20n, memlockBytes: 1n << 30n, balloon: { bytes: 8n << 20n, blockBytes: 2n << 20n } });
+    const vendor = new MapperVendor();
+    const vgpu = (await vm.addVgpu(vendor, "mapper", "vgpu0")) as MapperVgpu;
+    // The listener mapped each RAM section (and each balloon block) at iova = GPA.
+    const iommu = host.backends[0]!;
+    const mappings = [...iommu.dmas.values()].map((d) => [d.iovaPage, d.npages]);
+    const base = Number(vm.balloonBase! >> 12n);
+    expect(mappings).to.deep.equal([
+      [0, 16384],
+      [0xfffc0, 64],
+      [base, 512],
+      [base + 512, 512],
+      [base + 1024, 512],
+      [base + 1536, 512],
+    ]);
+    expect(host.phys.totalPins).to.equal(0);
+    // A vendor-like caller maps frames of low RAM and of balloon blocks 0 and 1 for its parent GPU.
+    const low = vgpu.map(0x100, 4);
+    const inBlock0 = vgpu.map(base + 10, 2);
+    const inBlock1 = vgpu.map(base + 600, 1);
+    // dma-iommu, 39-bit PCI device: below 4 GiB first, top-down, size-aligned; merged into one segment per call.
+    expect(low).to.deep.equal([0xffffc000n, 0xffffd000n, 0xffffe000n, 0xfffff000n]);
+    expect(inBlock0).to.deep.equal([0xffffa000n, 0xffffb000n]);
+    expect(inBlock1).to.deep.equal([0xffff9000n]);
+    expect(vm.vmm.mm.lockedVm).to.equal(7);
+    expect(host.phys.totalPins).to.equal(7);
+    expect(parent.liveMappings).to.equal(3);
+    // The guest balloons block 0 out: UNMAP_DMA of its mapping, dma_unmap with the whole mapping, release.
+    expect(await vm.balloonOut(0, 1)).to.equal(2n << 20n);
+    expect(vgpu.unmapCalls).to.deep.equal([[vm.balloonBase!, 2n << 20n]]);
+    expect(vgpu.handles.map((h) => h.first)).to.deep.equal([0x100, base + 600]);
+    expect(vm.vmm.mm.lockedVm).to.equal(5);
+    expect(host.phys.totalPins).to.equal(5);
+    expect(parent.liveMappings).to.equal(2);
+    expect(vgpu.services.checkIsolation([...low, ...inBlock0])).to.deep.equal([
+      { addr: 0xffffa000n, kind: "unmapped" },
+      { addr: 0xffffb000n, kind: "unmapped" },
+    ]);
+    host.assertInvariants();
+    await vm.shutdown();
+    expect(host.phys.totalPins).to.equal(0);
+    expect(parent.liveMappings).to.equal(0);
+    expect(host.phys.framesInUse).to.equal(0);
+    expect(host.kernel.warnings).to.deep.equal([]);
+  });
+});

@@ -1,0 +1,97 @@
+/**
+ * `npm run bench [-- --json] [-- --case <prefix>] [-- --reps <n>]`: the fixed,
+ * named cases of vgpu-iommu's hot paths, each against its target and the
+ * baseline sketch measured in the same process. Every figure is measured;
+ * a missed target prints `met: false` (and NO in the table).
+ */
+import "reflect-metadata";
+import { fileURLToPath } from "node:url";
+import { runBaseline } from "./baseline.js";
+import { measureMapUnmap, measurePinUnpin } from "./type1-cases.js";
+import { measureScale, runScaleChild } from "./scale.js";
+import { formatJson, formatTable, result, type CaseResult } from "./result.js";
+
+const GUEST_BYTES = 16n << 30n;
+const GUEST_PAGES = Number(GUEST_BYTES >> 12n);
+const RAM_BYTES = 20n << 30n;
+const WARMUP_BYTES = 256n << 20n;
+
+const TARGETS = {
+  "type1.map-dma.4k": 25,
+  "type1.map-dma.thp": 2,
+  "type1.unmap-dma.4k": 15,
+  "type1.pin-pages.4k": 30,
+  "type1.unpin-pages.4k": 15,
+  "type1.state.bytes-per-page": 16,
+  "type1.scale.1tib": 8192,
+} as const;
+
+interface Args {
+  readonly json: boolean;
+  readonly cases: readonly string[];
+  readonly reps: number;
+}
+
+function parseArgs(argv: readonly string[]): Args {
+  let json = false;
+  let reps = 3;
+  const cases: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--json") json = true;
+    else if (a === "--case") cases.push(argv[++i] ?? "");
+    else if (a === "--reps") reps = Math.max(1, Number(argv[++i]));
+    else throw new Error(`bench: unknown argument ${a} (use --json, --case <prefix>, --reps <n>)`);
+  }
+  return { json, cases, reps };
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  if (argv[0] === "--scale-child") return runScaleChild();
+  const args = parseArgs(argv);
+  const wanted = (name: string): boolean => args.cases.length === 0 || args.cases.some((c) => name.startsWith(c));
+  const results: CaseResult[] = [];
+  const emit = (r: CaseResult): void => {
+    results.push(r);
+    if (args.json) process.stdout.write(formatJson(r) + "\n");
+  };
+
+  // Warm-up: every path once on a small guest, results discarded.
+  runBaseline(Number(WARMUP_BYTES >> 12n));
+  if (wanted("type1.map-dma.4k") || wanted("type1.unmap-dma.4k")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "scattered-4k", 1);
+  if (wanted("type1.map-dma.thp")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "thp", 1);
+  if (wanted("type1.pin-pages.4k") || wanted("type1.unpin-pages.4k") || wanted("type1.state")) await measurePinUnpin(WARMUP_BYTES, 1n << 30n, 1);
+
+  const base = runBaseline(GUEST_PAGES);
+  if (wanted("baseline.")) {
+    emit(result("baseline.pin", "ns/page", { value: base.pin, note: "typed-array sketch, 16 GiB: pin + account + IOVA per page, batches of 512" }));
+    emit(result("baseline.translate", "ns/op", { value: base.translate, note: "typed-array sketch: random GPA -> HPA over 4,194,304 pages" }));
+    emit(result("baseline.unpin", "ns/page", { value: base.unpin }));
+  }
+
+  if (wanted("type1.map-dma.4k") || wanted("type1.unmap-dma.4k")) {
+    const m = await measureMapUnmap(GUEST_BYTES, RAM_BYTES, "scattered-4k", args.reps);
+    if (wanted("type1.map-dma.4k")) emit(result("type1.map-dma.4k", "ns/page", m.map, TARGETS["type1.map-dma.4k"], base.pin));
+    if (wanted("type1.unmap-dma.4k")) emit(result("type1.unmap-dma.4k", "ns/page", m.unmap, TARGETS["type1.unmap-dma.4k"], base.unpin));
+  }
+  if (wanted("type1.map-dma.thp")) {
+    const m = await measureMapUnmap(GUEST_BYTES, RAM_BYTES, "thp", args.reps);
+    const unmap = `UNMAP_DMA of the same: ${m.unmap.value.toFixed(2)} ns/page`;
+    emit(result("type1.map-dma.thp", "ns/page", { ...m.map, note: unmap }, TARGETS["type1.map-dma.thp"], base.pin));
+  }
+  if (wanted("type1.pin-pages.4k") || wanted("type1.unpin-pages.4k") || wanted("type1.state")) {
+    const p = await measurePinUnpin(GUEST_BYTES, RAM_BYTES, args.reps);
+    if (wanted("type1.pin-pages.4k")) emit(result("type1.pin-pages.4k", "ns/page", p.pin, TARGETS["type1.pin-pages.4k"], base.pin));
+    if (wanted("type1.unpin-pages.4k")) emit(result("type1.unpin-pages.4k", "ns/page", p.unpin, TARGETS["type1.unpin-pages.4k"], base.unpin));
+    if (wanted("type1.state")) emit(result("type1.state.bytes-per-page", "B/page", p.state, TARGETS["type1.state.bytes-per-page"], base.bytesPerPage));
+  }
+  if (wanted("type1.scale")) emit(result("type1.scale.1tib", "MiB", measureScale(fileURLToPath(import.meta.url)), TARGETS["type1.scale.1tib"]));
+
+  if (!args.json) process.stdout.write(formatTable(results) + "\n");
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+  process.exitCode = 1;
+});
