@@ -49,10 +49,28 @@ export interface Translation {
   readonly handle: TranslationHandle;
   /** Host frame of each guest frame, in order. */
   readonly pfns: Uint32Array;
-  /** With a device: the device address of each guest frame. */
+  /** With a device: the device address of each guest frame (computed on first read). */
   readonly dmaAddrs?: BigUint64Array;
   /** With a device: the segments the mapping produced (fewer than frames when the mechanism merges). */
   readonly segments?: { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array };
+}
+
+/** A device translation; per-frame addresses cost a bigint each, so they are derived from the segments only when read. */
+class DeviceTranslation implements Translation {
+  #dmaAddrs: BigUint64Array | undefined;
+  readonly segments: { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array };
+
+  constructor(
+    readonly handle: TranslationHandle,
+    readonly pfns: Uint32Array,
+    private readonly mapping: DeviceMapping,
+  ) {
+    this.segments = { count: mapping.count, addr: mapping.segAddr.subarray(0, mapping.count), length: mapping.segLength.subarray(0, mapping.count) };
+  }
+
+  get dmaAddrs(): BigUint64Array {
+    return (this.#dmaAddrs ??= frameAddresses(this.mapping, this.pfns.length));
+  }
 }
 
 export type IsolationFinding = { readonly addr: bigint; readonly kind: "unmapped" } | { readonly addr: bigint; readonly kind: "other-vgpu"; readonly owner: string };
@@ -143,12 +161,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
     }
     this.#addDeviceRanges(record, mapping);
     this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: mapping.device.name, segments: mapping.count });
-    return {
-      handle,
-      pfns,
-      dmaAddrs: frameAddresses(mapping, n),
-      segments: { count: mapping.count, addr: mapping.segAddr.subarray(0, mapping.count), length: mapping.segLength.subarray(0, mapping.count) },
-    };
+    return new DeviceTranslation(handle, pfns, mapping);
   }
 
   pinForCpu(vdev: VgpuIdentity, frames: FrameSpec, prot: number): Translation {
