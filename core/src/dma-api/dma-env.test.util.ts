@@ -66,11 +66,14 @@ export class DmaEnv {
     }
   }
 
-  /** A 2 MiB physically contiguous run (held until teardown). */
-  block(): number {
-    const base = this.host.phys.allocBlock();
-    for (let k = 0; k < BLOCK_PAGES; k++) this.#taken.push(base + k);
-    return base;
+  /** A 2 MiB physically contiguous run (held until teardown), optionally at or above `minPfn`. */
+  block(minPfn = 0): number {
+    for (;;) {
+      const base = this.host.phys.allocBlock();
+      if (base === 0) throw new Error("no free 2 MiB block");
+      for (let k = 0; k < BLOCK_PAGES; k++) this.#taken.push(base + k);
+      if (base >= minPfn) return base;
+    }
   }
 
   /** Invariants of everything the environment holds. */

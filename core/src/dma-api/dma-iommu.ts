@@ -272,6 +272,7 @@ export class DmaIommuDomain {
       sg.dmaAddrLo[i] = 0xffff_ffff;
       sg.dmaLength[i] = 0;
       const onBoundary = page % boundaryPages === 0;
+      // max_len - cur_len is unsigned int arithmetic: an entry longer than max_len lets the next one join, as in the kernel
       if (curLen !== 0 && sIovaOff === 0 && !onBoundary && (maxLen - curLen) >>> 0 >= sLength) {
         curLen += sLength;
       } else {

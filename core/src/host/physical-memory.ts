@@ -186,8 +186,11 @@ export class PhysicalMemory {
     const first = src[from]!;
     if (n <= 0 || first === 0 || first + n > this.ramFrames || ((first | n) & 1) !== 0) return this.pinFrames(src, from, n, out, outAt);
     const words = this.#pinWords;
+    const end = (first + n) >>> 1;
     let any = 0;
-    for (let w = first >>> 1, end = (first + n) >>> 1; w < end; w++) any |= words[w]!;
+    let w = first >>> 1;
+    for (; w + 4 <= end; w += 4) any |= words[w]! | words[w + 1]! | words[w + 2]! | words[w + 3]!;
+    for (; w < end; w++) any |= words[w]!;
     if (any !== 0) return this.pinFrames(src, from, n, out, outAt);
     this.pins.fill(1, first, first + n);
     this.totalPins += n;
@@ -224,20 +227,31 @@ export class PhysicalMemory {
   }
 
   /** unpinRun() over runs `pfns[r]`, `lens[r]` for r < count, in order; returns the frames unpinned. */
-  unpinRuns(pfns: Float64Array, lens: Float64Array, count: number): number {
+  unpinRuns(pfns: Uint32Array, lens: Uint32Array, count: number): number {
     const pins = this.pins;
     const state = this.state;
     const ramFrames = this.ramFrames;
+    const orphans = this.#orphans !== 0;
     let unpinned = 0;
     for (let r = 0; r < count; r++) {
       const pfn = pfns[r]!;
+      const len = lens[r]!;
+      if (len === 1) {
+        // A 4 KiB run: most runs of scattered memory.
+        if (pfn < BLOCK_PAGES || pfn >= ramFrames) continue;
+        const p = pins[pfn]! - 1;
+        pins[pfn] = p;
+        unpinned++;
+        if (p === 0 && orphans && state[pfn] === FrameState.Orphan) this.#free(pfn);
+        continue;
+      }
       const lo = pfn < BLOCK_PAGES ? BLOCK_PAGES : pfn;
-      const last = pfn + lens[r]!;
+      const last = pfn + len;
       const hi = last > ramFrames ? ramFrames : last;
       for (let f = lo; f < hi; f++) {
         const p = pins[f]! - 1;
         pins[f] = p;
-        if (p === 0 && this.#orphans !== 0 && state[f] === FrameState.Orphan) this.#free(f);
+        if (p === 0 && orphans && state[f] === FrameState.Orphan) this.#free(f);
       }
       if (hi > lo) unpinned += hi - lo;
     }
