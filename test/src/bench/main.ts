@@ -34,7 +34,7 @@ interface Args {
 
 function parseArgs(argv: readonly string[]): Args {
   let json = false;
-  let reps = 3;
+  let reps = 5;
   const cases: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -59,9 +59,9 @@ async function main(): Promise<void> {
 
   // Warm-up: every path once on a small guest, results discarded.
   runBaseline(Number(WARMUP_BYTES >> 12n));
-  if (wanted("type1.map-dma.4k") || wanted("type1.unmap-dma.4k")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "scattered-4k", 1);
-  if (wanted("type1.map-dma.thp")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "thp", 1);
-  if (wanted("type1.pin-pages.4k") || wanted("type1.unpin-pages.4k") || wanted("type1.state")) await measurePinUnpin(WARMUP_BYTES, 1n << 30n, 1);
+  if (wanted("type1.map-dma.4k") || wanted("type1.unmap-dma.4k")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "scattered-4k", 2, true);
+  if (wanted("type1.map-dma.thp")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "thp", 2, true);
+  if (wanted("type1.pin-pages.4k") || wanted("type1.unpin-pages.4k") || wanted("type1.state")) await measurePinUnpin(WARMUP_BYTES, 1n << 30n, 2, true);
 
   const base = runBaseline(GUEST_PAGES);
   if (wanted("baseline.")) {
