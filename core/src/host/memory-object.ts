@@ -36,6 +36,8 @@ let nextObjectId = 1;
 export class MemoryObject {
   readonly id = nextObjectId++;
   readonly backing: BackingKind;
+  /** A device BAR: fixed MMIO frames with no struct page (a field: read on every lookup). */
+  readonly isPfnmap: boolean;
   readonly npages: number;
   /** Host frame of each page, 0 while not present. Unused for pfnmap. */
   readonly frames: Uint32Array;
@@ -50,6 +52,7 @@ export class MemoryObject {
     options: MemoryObjectOptions,
   ) {
     this.backing = options.backing;
+    this.isPfnmap = options.backing === "pfnmap";
     this.npages = options.npages;
     this.#fragmentation = options.fragmentation ?? 0;
     if (this.backing === "pfnmap") {
@@ -68,9 +71,6 @@ export class MemoryObject {
     }
   }
 
-  get isPfnmap(): boolean {
-    return this.backing === "pfnmap";
-  }
 
   /** First MMIO frame of a pfnmap object. */
   get mmioBase(): number {

@@ -197,8 +197,11 @@ export class Mm {
   translate(hvaPage: number): number {
     const vma = this.findVma(hvaPage);
     if (vma === undefined) return 0;
+    const object = vma.object;
     const index = vma.pgoff + (hvaPage - vma.startPage);
-    return vma.object.isPfnmap ? vma.object.mmioBase + index : vma.object.faultIn(index);
+    if (object.isPfnmap) return object.mmioBase + index;
+    const present = object.frames[index]!;
+    return present !== 0 ? present : object.faultIn(index);
   }
 
   /** madvise(MADV_DONTNEED): the next touch of these pages faults in new frames. */

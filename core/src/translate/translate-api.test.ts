@@ -131,4 +131,15 @@ describe("translate API", () => {
     api.release(t.handle);
     expect(api.checkIsolation(f.device!, gpu, [addr])).to.deep.equal([{ addr, kind: "unmapped" }]);
   });
+
+  it("keeps an address two live translations share (one host frame mapped twice in direct mode) until both are released", () => {
+    const a = api.mapForDevice(f.device!, [0x30], IOMMU_READ, gpu);
+    const b = api.mapForDevice(f.device!, [0x30], IOMMU_READ, gpu);
+    const addr = a.dmaAddrs![0]!;
+    expect(b.dmaAddrs![0]).to.equal(addr);
+    api.release(a.handle);
+    expect(api.checkIsolation(f.device!, gpu, [addr])).to.deep.equal([]);
+    api.release(b.handle);
+    expect(api.checkIsolation(f.device!, gpu, [addr])).to.deep.equal([{ addr, kind: "unmapped" }]);
+  });
 });

@@ -107,7 +107,7 @@ const handleOf = (id: number): TranslationHandle => Object.freeze({ id });
 export class TranslateApi extends Observable<TranslateEvents> {
   readonly #records = new Map<number, TranslationRecord>();
   readonly #byVdev = new Map<VgpuIdentity, Set<TranslationRecord>>();
-  readonly #deviceRanges = new Map<DeviceHandle, BTree<bigint, DeviceRange>>();
+  readonly #deviceRanges = new Map<DeviceHandle, BTree<bigint, DeviceRange[]>>();
   readonly #vdevsByVm = new Map<string, Set<VgpuIdentity>>();
   readonly #subscription: Disposable;
   #nextId = 1;
@@ -156,11 +156,11 @@ export class TranslateApi extends Observable<TranslateEvents> {
     mine.add(record);
     const handle = handleOf(record.id);
     if (mapping === undefined) {
-      this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: null, segments: 0 });
+      if (this.hasListeners("translated")) this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: null, segments: 0 });
       return { handle, pfns };
     }
     this.#addDeviceRanges(record, mapping);
-    this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: mapping.device.name, segments: mapping.count });
+    if (this.hasListeners("translated")) this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: mapping.device.name, segments: mapping.count });
     return new DeviceTranslation(handle, pfns, mapping);
   }
 
@@ -177,7 +177,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
     const record = typeof handle === "object" && handle !== null ? this.#records.get(handle.id) : undefined;
     if (record === undefined) throw new VfioError("EINVAL", "translate-unknown-handle", { handle: (handle as { id?: unknown } | null)?.id });
     this.#release(record);
-    this.emit("released", { vdev: record.vdev.name, handle: record.id, npages: record.gfns.length, device: record.mapping?.device.name ?? null });
+    if (this.hasListeners("released")) this.emit("released", { vdev: record.vdev.name, handle: record.id, npages: record.gfns.length, device: record.mapping?.device.name ?? null });
   }
 
   /** Releases every translation of `vdev` that lists a frame of [firstGfn, firstGfn + npages); returns their handles. */
@@ -207,9 +207,9 @@ export class TranslateApi extends Observable<TranslateEvents> {
     const findings: IsolationFinding[] = [];
     for (let i = 0; i < visible.length; i++) {
       const addr = visible[i]!;
-      const hit = tree?.nextLowerPair(addr + 1n);
-      if (hit === undefined || hit[1].last < addr) findings.push({ addr, kind: "unmapped" });
-      else if (hit[1].owner !== vdev.name) findings.push({ addr, kind: "other-vgpu", owner: hit[1].owner });
+      const owners = covering(tree, addr);
+      if (owners.length === 0) findings.push({ addr, kind: "unmapped" });
+      else if (!owners.some((r) => r.owner === vdev.name)) findings.push({ addr, kind: "other-vgpu", owner: owners[0]!.owner });
     }
     return findings;
   }
@@ -223,7 +223,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
     this.#records.delete(record.id);
     this.#byVdev.get(record.vdev)?.delete(record);
     if (record.mapping !== undefined) {
-      this.#removeDeviceRanges(record.mapping);
+      this.#removeDeviceRanges(record, record.mapping);
       this.adapter.unmapForDevice(record.mapping);
     }
     record.pins.unpin(record.gfns, record.gfns.length);
@@ -235,17 +235,40 @@ export class TranslateApi extends Observable<TranslateEvents> {
 
   #addDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
     let tree = this.#deviceRanges.get(mapping.device);
-    if (tree === undefined) this.#deviceRanges.set(mapping.device, (tree = new sortedBtree.default<bigint, DeviceRange>()));
+    if (tree === undefined) this.#deviceRanges.set(mapping.device, (tree = new sortedBtree.default<bigint, DeviceRange[]>()));
     for (let s = 0; s < mapping.count; s++) {
       const start = mapping.segAddr[s]!;
-      tree.set(start, { last: start + BigInt(mapping.segLength[s]!) - 1n, owner: record.vdev.name, handle: record.id });
+      const range: DeviceRange = { last: start + BigInt(mapping.segLength[s]!) - 1n, owner: record.vdev.name, handle: record.id };
+      const at = tree.get(start);
+      if (at === undefined) tree.set(start, [range]);
+      else at.push(range);
     }
   }
 
-  #removeDeviceRanges(mapping: DeviceMapping): void {
+  /** Removes this translation's segments; an address two translations share (direct mode, one host frame) keeps the other owner. */
+  #removeDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
     const tree = this.#deviceRanges.get(mapping.device);
-    for (let s = 0; s < mapping.count; s++) tree?.delete(mapping.segAddr[s]!);
+    if (tree === undefined) return;
+    for (let s = 0; s < mapping.count; s++) {
+      const start = mapping.segAddr[s]!;
+      const at = tree.get(start);
+      if (at === undefined) continue;
+      const i = at.findIndex((r) => r.handle === record.id);
+      if (i >= 0) at.splice(i, 1);
+      if (at.length === 0) tree.delete(start);
+    }
   }
+}
+
+/**
+ * The live ranges that contain `addr`. Segments of one device never overlap
+ * unless they are the same address (one host frame mapped twice in direct
+ * mode), so the candidates are the ranges starting at the highest start at or
+ * below `addr`.
+ */
+function covering(tree: BTree<bigint, DeviceRange[]> | undefined, addr: bigint): readonly DeviceRange[] {
+  const hit = tree?.nextLowerPair(addr + 1n);
+  return hit === undefined ? [] : hit[1].filter((r) => r.last >= addr);
 }
 
 function normalizeFrames(frames: FrameSpec): Float64Array {

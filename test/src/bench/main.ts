@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { runBaseline } from "./baseline.js";
 import { measureMapUnmap, measurePinUnpin } from "./type1-cases.js";
 import { measureScale, runScaleChild } from "./scale.js";
+import { measureGpaToHpa, measureIovaAllocFree, measureMapForDevice } from "./translate-cases.js";
 import { formatJson, formatTable, result, type CaseResult } from "./result.js";
 
 const GUEST_BYTES = 16n << 30n;
@@ -24,6 +25,10 @@ const TARGETS = {
   "type1.unpin-pages.4k": 15,
   "type1.state.bytes-per-page": 16,
   "type1.scale.1tib": 8192,
+  "translate.gpa-to-hpa.random": 40,
+  "translate.gpa-to-hpa.hot": 10,
+  "translate.map-for-device.4k": 60,
+  "iova.alloc-free.65536": 500,
 } as const;
 
 interface Args {
@@ -87,6 +92,14 @@ async function main(): Promise<void> {
     if (wanted("type1.state")) emit(result("type1.state.bytes-per-page", "B/page", p.state, TARGETS["type1.state.bytes-per-page"], base.bytesPerPage));
   }
   if (wanted("type1.scale")) emit(result("type1.scale.1tib", "MiB", measureScale(fileURLToPath(import.meta.url)), TARGETS["type1.scale.1tib"]));
+
+  if (wanted("translate.gpa-to-hpa")) {
+    const m = measureGpaToHpa(GUEST_BYTES, args.reps);
+    if (wanted("translate.gpa-to-hpa.random")) emit(result("translate.gpa-to-hpa.random", "ns/lookup", m.random, TARGETS["translate.gpa-to-hpa.random"], base.translate));
+    if (wanted("translate.gpa-to-hpa.hot")) emit(result("translate.gpa-to-hpa.hot", "ns/lookup", m.hot, TARGETS["translate.gpa-to-hpa.hot"]));
+  }
+  if (wanted("translate.map-for-device")) emit(result("translate.map-for-device.4k", "ns/page", await measureMapForDevice(GUEST_BYTES, args.reps), TARGETS["translate.map-for-device.4k"], base.pin));
+  if (wanted("iova.")) emit(result("iova.alloc-free.65536", "ns/pair", measureIovaAllocFree(args.reps), TARGETS["iova.alloc-free.65536"]));
 
   if (!args.json) process.stdout.write(formatTable(results) + "\n");
 }
