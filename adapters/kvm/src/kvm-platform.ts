@@ -16,6 +16,7 @@
  */
 import { container as rootContainer, type DependencyContainer } from "tsyringe";
 import {
+  DeviceAddressSpaces,
   ERRNO,
   errnoName,
   type ErrnoName,
@@ -52,12 +53,19 @@ const BALLOON_SECTION = "virtio-mem0";
 
 export class KvmPlatform implements VgpuPlatform {
   readonly #attachments = new VgpuAttachments();
+  /** The scope every VM's child container descends from: it holds what the VMs share. */
+  readonly #scope: DependencyContainer;
 
   constructor(
     readonly host: Host,
     readonly adapter: KvmAdapter,
-    private readonly scope: DependencyContainer = rootContainer,
-  ) {}
+    parent: DependencyContainer = rootContainer,
+  ) {
+    this.#scope = parent.createChildContainer();
+    // One parent GPU serves vGPUs of several VMs: the isolation checker must see all their addresses.
+    this.#scope.register(DeviceAddressSpaces, { useValue: new DeviceAddressSpaces() });
+    this.#scope.register(IHypervisorAdapter, { useValue: adapter });
+  }
 
   async createVm(spec: VmSpec): Promise<PlatformVm> {
     const vmm = this.host.spawn({ comm: `qemu-${spec.name}`, ...(spec.memlockBytes === undefined ? {} : { memlockBytes: spec.memlockBytes }), capabilities: spec.capIpcLock === true ? ["CAP_IPC_LOCK"] : [] });
@@ -77,9 +85,7 @@ export class KvmPlatform implements VgpuPlatform {
       if (e.change === "delete" || e.change === "move") this.adapter.invalidate({ vm: spec.name, firstGfn: e.baseGfn, npages: e.npages, reason: `memslot-${e.change}` });
     });
     // One child container per VM: its translate API and anything a plugin registers for it.
-    const scope = this.scope.createChildContainer();
-    scope.register(IHypervisorAdapter, { useValue: this.adapter });
-    const translate = scope.resolve(TranslateApi);
+    const translate = this.#scope.createChildContainer().resolve(TranslateApi);
     return new KvmPlatformVm(this.host, vmm, vm, qemu, translate, this.#attachments, this.adapter, balloonBase);
   }
 }

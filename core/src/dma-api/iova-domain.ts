@@ -4,13 +4,21 @@
  * and the per-CPU rcache whose depot is an unbounded list trimmed by delayed
  * work).
  *
- * Model. Allocated ranges `[pfnLo, pfnHi]` (in granules) are the nodes of a
- * balanced search tree keyed by `pfnLo`, stored in typed arrays (no object per
- * range). As in the kernel an anchor node sits above every usable page
+ * Model. Allocated ranges `[pfnLo, pfnHi]` (in granules) are the nodes of an
+ * AVL tree keyed by `pfnLo`, stored in typed arrays (no object per range), with
+ * parent links. As in the kernel an anchor node sits above every usable page
  * (IOVA_ANCHOR, ~0UL in the kernel, 2^53 - 1 here). Each node owns the free gap
  * below it, `[prev.pfnHi + 1, pfnLo - 1]` (from 0 for the lowest node), and the
  * tree is augmented with, per subtree, the longest gap and the best "aligned
- * capacity" of its gaps, so a top-down first-fit search is O(log n).
+ * capacity" of its gaps, so a top-down first-fit search is O(log n). The bottom
+ * gap (from pfn 0, below the lowest range) is left out of the summaries and
+ * tested last: top-down allocation carves it at its top once the space above
+ * is full, and as the largest gap its every change would climb to the root.
+ * A new range is linked as a leaf next to the node whose gap it takes, and an
+ * erase splices its node out; both then rebalance bottom-up and stop at the
+ * first node, above the one whose gap changed, that keeps its height and
+ * summary. Lookups by pfn descend from the root, except that free_iova of a
+ * range held by a cached node (typically the latest allocation) takes it directly.
  *
  * `alloc_iova` keeps the kernel's cached-node state machine exactly:
  * `cached_node` / `cached32_node` (where the next top-down search starts,
@@ -36,9 +44,12 @@
  * x + size <= min(limit, C.pfn_lo), [x, x + size) free}, or failure. Nodes
  * above `high` are irrelevant, nodes between C and the limit are skipped with
  * `high = limit` (the same set of gaps), and iova_find_limit's start for the
- * retry yields the same maximum. `#search(upper, low, size, aligned)` computes
- * exactly that maximum: the gap straddling `upper` is tested directly, then the
- * rightmost gap wholly below it that fits, found through the augmentation.
+ * retry yields the same maximum. `#search(upper, low, size, aligned, C)`
+ * computes exactly that maximum: the highest aligned x with x + size <= upper
+ * is taken at once when it lies in C's own gap (the common case, O(1));
+ * otherwise the gap straddling `upper` is tested directly, then the rightmost
+ * gap wholly below it that fits, found through the augmentation, and last the
+ * bottom gap.
  *
  * Aligned capacity of a gap [a, b]: k = the largest order such that an aligned
  * 2^k block fits in it, and e = b + 1 - m where m is the only multiple of
@@ -73,6 +84,8 @@ export const IOVA_ANCHOR = Number.MAX_SAFE_INTEGER;
 const NIL = -1;
 const TWO_32 = 0x1_0000_0000;
 const MAX_DEPTH = 128;
+/** POW2[k] = 2^k, exact up to 2^63. */
+const POW2 = Float64Array.from({ length: 64 }, (_, k) => 2 ** k);
 
 /** floor(log2(x)) for an integer 1 <= x < 2^53. */
 export function floorLog2(x: number): number {
@@ -132,6 +145,7 @@ export class IovaDomain {
   #gapLo = new Float64Array(0);
   #left = new Int32Array(0);
   #right = new Int32Array(0);
+  #parent = new Int32Array(0);
   #height = new Int8Array(0);
   #ownK = new Int8Array(0);
   #ownE = new Float64Array(0);
@@ -144,7 +158,8 @@ export class IovaDomain {
   #used = 0;
   #root = NIL;
   #nodes = 0;
-  #detached = NIL;
+  /** Set by #search: the node whose gap holds the range it found. */
+  #gapOwner = NIL;
   readonly #path = new Int32Array(MAX_DEPTH * 2);
   readonly #anchor: number;
   #cached: number;
@@ -220,13 +235,13 @@ export class IovaDomain {
     if (limit <= this.dma32BitPfn && size >= this.max32AllocSize) return -1; // iova32_full
     const start = limit <= this.dma32BitPfn ? this.#cached32 : this.#cached;
     const retryPfn = this.#hi[start]!;
-    let pfn = this.#search(Math.min(limit, this.#lo[start]!), this.startPfn, size, sizeAligned);
-    if (pfn < 0 && retryPfn < limit) pfn = this.#search(limit, retryPfn + 1, size, sizeAligned);
+    let pfn = this.#search(Math.min(limit, this.#lo[start]!), this.startPfn, size, sizeAligned, start);
+    if (pfn < 0 && retryPfn < limit) pfn = this.#search(limit, retryPfn + 1, size, sizeAligned, start);
     if (pfn < 0) {
       this.max32AllocSize = size;
       return -1;
     }
-    const node = this.#insertRange(pfn, pfn + size - 1);
+    const node = this.#insertInGap(this.#gapOwner, pfn, pfn + size - 1);
     // __cached_rbnode_insert_update
     if (this.#hi[node]! < this.dma32BitPfn) this.#cached32 = node;
     else this.#cached = node;
@@ -241,7 +256,8 @@ export class IovaDomain {
 
   /** free_iova: frees the range containing `pfn`; nothing when there is none. */
   freeIova(pfn: number): void {
-    const node = this.#findContaining(pfn);
+    // Freeing the latest allocation above or below 4 GiB (a cached node) needs no lookup.
+    const node = this.#contains(this.#cached, pfn) ? this.#cached : this.#contains(this.#cached32, pfn) ? this.#cached32 : this.#findContaining(pfn);
     if (node !== NIL && node !== this.#anchor) this.#privateFree(node);
   }
 
@@ -259,13 +275,13 @@ export class IovaDomain {
       if (lo < this.#lo[v]!) {
         this.#lo[v] = lo;
         this.#computeOwn(v);
-        this.#refreshPath(lo);
+        for (let u = v; u !== NIL; u = this.#parent[u]!) this.#pull(u);
       }
       if (pfnHi > this.#hi[v]!) lo = this.#hi[v]! + 1;
       if (lo >= this.#lo[v]! && pfnHi <= this.#hi[v]!) return { pfnLo: this.#lo[v]!, pfnHi: this.#hi[v]! };
     }
     if (this.#faults?.shouldFail("kzalloc")) return undefined;
-    this.#insertRange(lo, pfnHi);
+    this.#insertInGap(this.#firstLoAbove(pfnHi), lo, pfnHi);
     return { pfnLo: lo, pfnHi };
   }
 
@@ -418,6 +434,9 @@ export class IovaDomain {
       if (this.#gapLo[v] !== prevHi + 1) fail(`gap below pfn ${this.#lo[v]} starts at ${this.#gapLo[v]}, expected ${prevHi + 1}`);
       prevHi = this.#hi[v]!;
       count++;
+      for (const child of [this.#left[v]!, this.#right[v]!]) {
+        if (child !== NIL && this.#parent[child] !== v) fail(`stale parent link below pfn ${this.#lo[v]}`);
+      }
       const hr = check(this.#right[v]!, lowerHi);
       if (Math.abs(hl - hr) > 1) fail(`tree unbalanced at pfn ${this.#lo[v]}`);
       if (this.#height[v] !== 1 + Math.max(hl, hr)) fail(`stale height at pfn ${this.#lo[v]}`);
@@ -433,6 +452,7 @@ export class IovaDomain {
       if (this.#aggK[v] !== k || this.#aggE[v] !== e || this.#aggLen[v] !== len) fail(`stale subtree summary at pfn ${this.#lo[v]}`);
       return 1 + Math.max(hl, hr);
     };
+    if (this.#parent[this.#root] !== NIL) fail("the root has a parent");
     check(this.#root, -1);
     if (count !== this.#nodes) fail(`${count} nodes reachable, ${this.#nodes} counted`);
     if (prevHi !== IOVA_ANCHOR) fail("the anchor is not the last node");
@@ -544,7 +564,7 @@ export class IovaDomain {
     if (node === c32 || (hi < this.dma32BitPfn && lo >= this.#lo[c32]!)) this.#cached32 = next;
     if (lo < this.dma32BitPfn) this.max32AllocSize = this.dma32BitPfn;
     if (lo >= this.#lo[this.#cached]!) this.#cached = next;
-    this.#removeNode(node);
+    this.#removeNode(node, next);
   }
 
   // ---------------------------------------------------------------- search
@@ -552,15 +572,24 @@ export class IovaDomain {
   /**
    * The highest `x` with `x >= low`, `x + size <= upper`, `[x, x + size)` free
    * and (when aligned) x a multiple of roundup_pow_of_two(size); -1 if none.
+   * `hint` (the cached node the walk starts from) is tried first: when the
+   * highest aligned x with x + size <= upper lies in its own gap, it is the answer.
+   * Leaves in #gapOwner the node whose gap holds the result.
    */
-  #search(upper: number, low: number, size: number, aligned: boolean): number {
+  #search(upper: number, low: number, size: number, aligned: boolean, hint: number): number {
     if (upper < size) return -1;
     const order = aligned ? fls(size - 1) : 0;
-    const align = 2 ** order;
+    const align = POW2[order]!;
+    let x = Math.floor((upper - size) / align) * align;
+    if (upper <= this.#lo[hint]! && x >= this.#gapLo[hint]!) {
+      this.#gapOwner = hint;
+      return x >= low ? x : -1;
+    }
     const stack = this.#path;
     const lo = this.#lo;
     let n = 0;
     let floor = NIL;
+    let ceiling = NIL;
     for (let v = this.#root; v !== NIL; ) {
       if (lo[v]! <= upper) {
         const l = this.#left[v]!;
@@ -569,13 +598,16 @@ export class IovaDomain {
         floor = v;
         v = this.#right[v]!;
       } else {
+        ceiling = v;
         v = this.#left[v]!;
       }
     }
-    // The gap straddling `upper` is the highest; it is clipped, so test it directly.
+    // The gap straddling `upper` (below `ceiling`) is the highest; it is clipped, so test it directly.
     const topGapLo = floor === NIL ? 0 : this.#hi[floor]! + 1;
-    let x = Math.floor((upper - size) / align) * align;
-    if (x >= topGapLo) return x >= low ? x : -1;
+    if (x >= topGapLo) {
+      this.#gapOwner = ceiling;
+      return x >= low ? x : -1;
+    }
     for (let j = n - 1; j >= 0; j--) {
       const item = stack[j]!;
       let found = NIL;
@@ -594,11 +626,17 @@ export class IovaDomain {
         }
       }
       if (found !== NIL) {
+        this.#gapOwner = found;
         x = Math.floor((lo[found]! - size) / align) * align;
         return x >= low ? x : -1;
       }
     }
-    return -1;
+    // The bottom gap, left out of the summaries, is the lowest of all; it lies below `upper` (floor is not NIL).
+    let bottom = this.#root;
+    while (this.#left[bottom] !== NIL) bottom = this.#left[bottom]!;
+    this.#gapOwner = bottom;
+    x = Math.floor((lo[bottom]! - size) / align) * align;
+    return x >= 0 && x >= low ? x : -1;
   }
 
   #fitsOwn(v: number, size: number, order: number, aligned: boolean): boolean {
@@ -636,6 +674,7 @@ export class IovaDomain {
     this.#gapLo = grow64(this.#gapLo);
     this.#left = grow32(this.#left);
     this.#right = grow32(this.#right);
+    this.#parent = grow32(this.#parent);
     this.#height = grow8(this.#height);
     this.#ownK = grow8(this.#ownK);
     this.#ownE = grow64(this.#ownE);
@@ -659,17 +698,23 @@ export class IovaDomain {
     this.#gapLo[v] = gapLo;
     this.#left[v] = NIL;
     this.#right[v] = NIL;
+    this.#parent[v] = NIL;
     this.#computeOwn(v);
     this.#pull(v);
     this.#nodes++;
     return v;
   }
 
-  /** The summary of the gap [gapLo, lo - 1] that node `v` owns. */
+  /**
+   * The summary of the gap [gapLo, lo - 1] that node `v` owns. The bottom gap
+   * (from pfn 0, owned by the lowest node) is summarised as empty: top-down
+   * allocation carves it at its top once the space above fills, and being the
+   * largest gap each such change would climb to the root. #search tests it last.
+   */
   #computeOwn(v: number): void {
     const a = this.#gapLo[v]!;
     const b = this.#lo[v]! - 1;
-    if (b < a) {
+    if (b < a || a === 0) {
       this.#ownLen[v] = 0;
       this.#ownK[v] = -1;
       this.#ownE[v] = 0;
@@ -678,10 +723,10 @@ export class IovaDomain {
     const len = b - a + 1;
     this.#ownLen[v] = len;
     let k = floorLog2(len);
-    const p = 2 ** k;
+    const p = POW2[k]!;
     if (Math.ceil(a / p) * p + p - 1 > b) k--;
     this.#ownK[v] = k;
-    const p2 = 2 ** (k + 1);
+    const p2 = POW2[k + 1]!;
     const m = Math.ceil(a / p2) * p2;
     this.#ownE[v] = m <= b ? b + 1 - m : 0;
   }
@@ -721,19 +766,29 @@ export class IovaDomain {
     this.#height[v] = h + 1;
   }
 
+  /** Rotates `v`'s left child up and returns it; the caller hangs it where `v` hung. */
   #rotateRight(v: number): number {
     const l = this.#left[v]!;
-    this.#left[v] = this.#right[l]!;
+    const middle = this.#right[l]!;
+    this.#left[v] = middle;
+    if (middle !== NIL) this.#parent[middle] = v;
     this.#right[l] = v;
+    this.#parent[l] = this.#parent[v]!;
+    this.#parent[v] = l;
     this.#pull(v);
     this.#pull(l);
     return l;
   }
 
+  /** Rotates `v`'s right child up and returns it; the caller hangs it where `v` hung. */
   #rotateLeft(v: number): number {
     const r = this.#right[v]!;
-    this.#right[v] = this.#left[r]!;
+    const middle = this.#left[r]!;
+    this.#right[v] = middle;
+    if (middle !== NIL) this.#parent[middle] = v;
     this.#left[r] = v;
+    this.#parent[r] = this.#parent[v]!;
+    this.#parent[v] = r;
     this.#pull(v);
     this.#pull(r);
     return r;
@@ -755,97 +810,118 @@ export class IovaDomain {
     return v;
   }
 
-  #insertAt(v: number, node: number): number {
-    if (v === NIL) return node;
-    if (this.#lo[node]! < this.#lo[v]!) this.#left[v] = this.#insertAt(this.#left[v]!, node);
-    else this.#right[v] = this.#insertAt(this.#right[v]!, node);
-    return this.#rebalance(v);
-  }
-
-  #removeMin(v: number): number {
-    const l = this.#left[v]!;
-    if (l === NIL) {
-      this.#detached = v;
-      return this.#right[v]!;
+  /**
+   * Inserts [lo, hi], which lies in the gap of `owner`: the new node takes the
+   * gap's bottom part and is linked as a leaf just before `owner` in order.
+   */
+  #insertInGap(owner: number, lo: number, hi: number): number {
+    const node = this.#newNode(lo, hi, this.#gapLo[owner]!);
+    let parent = this.#left[owner]!;
+    if (parent === NIL) {
+      this.#left[owner] = node;
+      parent = owner;
+    } else {
+      while (this.#right[parent] !== NIL) parent = this.#right[parent]!;
+      this.#right[parent] = node;
     }
-    this.#left[v] = this.#removeMin(l);
-    return this.#rebalance(v);
-  }
-
-  #removeAt(v: number, key: number): number {
-    const lo = this.#lo[v]!;
-    if (key < lo) this.#left[v] = this.#removeAt(this.#left[v]!, key);
-    else if (key > lo) this.#right[v] = this.#removeAt(this.#right[v]!, key);
-    else {
-      const l = this.#left[v]!;
-      const r = this.#right[v]!;
-      if (l === NIL) return r;
-      if (r === NIL) return l;
-      const rest = this.#removeMin(r);
-      const m = this.#detached;
-      this.#left[m] = l;
-      this.#right[m] = rest;
-      return this.#rebalance(m);
-    }
-    return this.#rebalance(v);
-  }
-
-  /** Recomputes the summaries on the path from the root to the node keyed `key`. */
-  #refreshPath(key: number): void {
-    const stack = this.#path;
-    let n = 0;
-    for (let v = this.#root; v !== NIL; ) {
-      stack[n++] = v;
-      const lo = this.#lo[v]!;
-      if (key < lo) v = this.#left[v]!;
-      else if (key > lo) v = this.#right[v]!;
-      else break;
-    }
-    while (n > 0) this.#pull(stack[--n]!);
-  }
-
-  /** Inserts [lo, hi] (which lies in a gap) and fixes the gap of the node above it. */
-  #insertRange(lo: number, hi: number): number {
-    let pred = NIL;
-    let succ = NIL;
-    for (let v = this.#root; v !== NIL; ) {
-      if (this.#lo[v]! < lo) {
-        pred = v;
-        v = this.#right[v]!;
-      } else {
-        succ = v;
-        v = this.#left[v]!;
-      }
-    }
-    const node = this.#newNode(lo, hi, pred === NIL ? 0 : this.#hi[pred]! + 1);
-    this.#gapLo[succ] = hi + 1;
-    this.#computeOwn(succ);
-    this.#refreshPath(this.#lo[succ]!);
-    this.#root = this.#insertAt(this.#root, node);
+    this.#parent[node] = parent;
+    this.#gapLo[owner] = hi + 1;
+    this.#computeOwn(owner);
+    this.#fixUp(parent, owner);
     return node;
   }
 
-  #removeNode(node: number): void {
-    const succ = this.#successor(node);
-    this.#gapLo[succ] = this.#gapLo[node]!;
-    this.#computeOwn(succ);
-    this.#refreshPath(this.#lo[succ]!);
-    this.#root = this.#removeAt(this.#root, this.#lo[node]!);
+  /**
+   * rb_erase; `next`, the node's successor, inherits its gap. A node with a
+   * right subtree is replaced by that subtree's leftmost node, which is `next`.
+   */
+  #removeNode(node: number, next: number): void {
+    const left = this.#left;
+    const right = this.#right;
+    const parent = this.#parent;
+    this.#gapLo[next] = this.#gapLo[node]!;
+    this.#computeOwn(next);
+    const l = left[node]!;
+    const r = right[node]!;
+    let from: number;
+    if (r === NIL) {
+      this.#hang(parent[node]!, node, l);
+      from = parent[node]!;
+    } else {
+      if (next === r) from = next;
+      else {
+        from = parent[next]!;
+        const nr = right[next]!;
+        left[from] = nr;
+        if (nr !== NIL) parent[nr] = from;
+        right[next] = r;
+        parent[r] = next;
+      }
+      left[next] = l;
+      if (l !== NIL) parent[l] = next;
+      this.#hang(parent[node]!, node, next);
+    }
     this.#freeSlots[this.#freeCount++] = node;
     this.#nodes--;
+    this.#fixUp(from, next);
   }
 
-  /** rb_next: the node with the smallest pfn_lo above `node`'s. */
+  /** Hangs `sub` (may be NIL) under `p` (NIL: as the root) in place of `old`. */
+  #hang(p: number, old: number, sub: number): void {
+    if (p === NIL) this.#root = sub;
+    else if (this.#left[p] === old) this.#left[p] = sub;
+    else this.#right[p] = sub;
+    if (sub !== NIL) this.#parent[sub] = p;
+  }
+
+  /**
+   * Rebalances and re-summarises from `v` up to the root. Only `changed` and
+   * nodes below it changed their gap or place, so once the walk is above
+   * `changed`, a node that comes out with the same height and summary leaves
+   * every node above it unchanged too, and the walk stops there.
+   */
+  #fixUp(v: number, changed: number): void {
+    let above = false;
+    while (v !== NIL) {
+      const p = this.#parent[v]!;
+      const height = this.#height[v];
+      const k = this.#aggK[v];
+      const e = this.#aggE[v];
+      const len = this.#aggLen[v];
+      const top = this.#rebalance(v);
+      if (top !== v) this.#hang(p, v, top);
+      else if (above && this.#height[v] === height && this.#aggK[v] === k && this.#aggE[v] === e && this.#aggLen[v] === len) return;
+      if (v === changed) above = true;
+      v = p;
+    }
+  }
+
+  /** rb_next. */
   #successor(node: number): number {
-    const key = this.#lo[node]!;
-    let succ = NIL;
+    let v = this.#right[node]!;
+    if (v !== NIL) {
+      while (this.#left[v] !== NIL) v = this.#left[v]!;
+      return v;
+    }
+    v = node;
+    let p = this.#parent[v]!;
+    while (p !== NIL && this.#right[p] === v) {
+      v = p;
+      p = this.#parent[p]!;
+    }
+    return p;
+  }
+
+  /** The first node whose pfn_lo is above `pfn`. */
+  #firstLoAbove(pfn: number): number {
+    let found = NIL;
     for (let v = this.#root; v !== NIL; ) {
-      if (this.#lo[v]! > key) {
-        succ = v;
+      if (this.#lo[v]! > pfn) {
+        found = v;
         v = this.#left[v]!;
       } else v = this.#right[v]!;
     }
-    return succ;
+    return found;
   }
 
   /** The first node whose pfn_hi is at least `pfn`. */
@@ -858,6 +934,10 @@ export class IovaDomain {
       } else v = this.#right[v]!;
     }
     return found;
+  }
+
+  #contains(node: number, pfn: number): boolean {
+    return this.#lo[node]! <= pfn && pfn <= this.#hi[node]!;
   }
 
   /** private_find_iova. */

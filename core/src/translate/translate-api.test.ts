@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import { container } from "tsyringe";
 import { Fixture, NO_LEAKS } from "../testing/fixture.js";
-import { TranslateApi } from "./translate-api.js";
+import { DeviceAddressSpaces, TranslateApi } from "./translate-api.js";
 import { VfioGuestPins } from "./vfio-guest-pins.js";
 import { IHypervisorAdapter, type DeviceHandle, type DeviceMapping, type GuestInvalidation, type HypervisorAdapter, type HypervisorCapabilities } from "../hypervisor/hypervisor-adapter.js";
 import { IOMMU_READ, IOMMU_WRITE } from "../vfio/type1/vfio-dma.js";
@@ -59,6 +59,7 @@ describe("translate API", () => {
     adapter.devices.add(gpu);
     const vm = container.createChildContainer();
     vm.register(IHypervisorAdapter, { useValue: adapter });
+    vm.register(DeviceAddressSpaces, { useValue: new DeviceAddressSpaces() });
     api = vm.resolve(TranslateApi);
     api.attach("vm0", f.device!);
   });

@@ -101,18 +101,41 @@ interface DeviceRange {
 
 type BTree<K, V> = import("sorted-btree").default<K, V>;
 
+/**
+ * What each physical device can reach, owner by owner: one interval per live
+ * device segment. Shared by the translate APIs of every VM of a platform (one
+ * parent GPU serves vGPUs in several VMs), so the isolation checker sees them
+ * all; a platform registers one instance in the scope its VMs descend from.
+ */
+@injectable()
+export class DeviceAddressSpaces {
+  readonly #spaces = new Map<DeviceHandle, BTree<bigint, DeviceRange[]>>();
+
+  get(device: DeviceHandle): BTree<bigint, DeviceRange[]> | undefined {
+    return this.#spaces.get(device);
+  }
+
+  getOrCreate(device: DeviceHandle): BTree<bigint, DeviceRange[]> {
+    let tree = this.#spaces.get(device);
+    if (tree === undefined) this.#spaces.set(device, (tree = new sortedBtree.default<bigint, DeviceRange[]>()));
+    return tree;
+  }
+}
+
 const handleOf = (id: number): TranslationHandle => Object.freeze({ id });
 
 @injectable()
 export class TranslateApi extends Observable<TranslateEvents> {
   readonly #records = new Map<number, TranslationRecord>();
   readonly #byVdev = new Map<VgpuIdentity, Set<TranslationRecord>>();
-  readonly #deviceRanges = new Map<DeviceHandle, BTree<bigint, DeviceRange[]>>();
   readonly #vdevsByVm = new Map<string, Set<VgpuIdentity>>();
   readonly #subscription: Disposable;
   #nextId = 1;
 
-  constructor(@inject(IHypervisorAdapter) private readonly adapter: HypervisorAdapter) {
+  constructor(
+    @inject(IHypervisorAdapter) private readonly adapter: HypervisorAdapter,
+    @inject(DeviceAddressSpaces) private readonly spaces: DeviceAddressSpaces,
+  ) {
     super();
     this.#subscription = adapter.onInvalidate((inv) => this.#onInvalidate(inv));
   }
@@ -203,7 +226,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
    * (a single requester ID cannot tell them apart) or that are no longer mapped.
    */
   checkIsolation(vdev: VgpuIdentity, device: DeviceHandle, visible: ArrayLike<bigint>): IsolationFinding[] {
-    const tree = this.#deviceRanges.get(device);
+    const tree = this.spaces.get(device);
     const findings: IsolationFinding[] = [];
     for (let i = 0; i < visible.length; i++) {
       const addr = visible[i]!;
@@ -234,8 +257,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
   }
 
   #addDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
-    let tree = this.#deviceRanges.get(mapping.device);
-    if (tree === undefined) this.#deviceRanges.set(mapping.device, (tree = new sortedBtree.default<bigint, DeviceRange[]>()));
+    const tree = this.spaces.getOrCreate(mapping.device);
     for (let s = 0; s < mapping.count; s++) {
       const start = mapping.segAddr[s]!;
       const range: DeviceRange = { last: start + BigInt(mapping.segLength[s]!) - 1n, owner: record.vdev.name, handle: record.id };
@@ -247,7 +269,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
 
   /** Removes this translation's segments; an address two translations share (direct mode, one host frame) keeps the other owner. */
   #removeDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
-    const tree = this.#deviceRanges.get(mapping.device);
+    const tree = this.spaces.get(mapping.device);
     if (tree === undefined) return;
     for (let s = 0; s < mapping.count; s++) {
       const start = mapping.segAddr[s]!;
