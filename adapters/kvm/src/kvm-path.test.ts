@@ -117,4 +117,56 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     expect(host.phys.framesInUse).to.equal(0);
     expect(host.kernel.warnings).to.deep.equal([]);
   });
+
+  it("rejects bad translate input with the documented errno and changes nothing", async () => {
+    const { host, parent, platform } = stack;
+    const vm = await platform.createVm({ name: "vm1", ramBytes: 64n << 20n });
+    const vendor = new MapperVendor();
+    const vgpu = (await vm.addVgpu(vendor, "mapper", "vgpu1")) as MapperVgpu;
+    const s = vgpu.services;
+    const held = s.translate({ start: 0x10, npages: 2 }, { prot: IOMMU_READ, device: s.parentDevice });
+    const before = { pins: host.phys.totalPins, locked: vm.vmm.mm.lockedVm, mappings: parent.liveMappings, live: vm.translate.liveCount() };
+    const failure = (fn: () => unknown): [string, number] => {
+      try {
+        fn();
+      } catch (e) {
+        const k = e as { code: string; errno: number };
+        return [k.code, k.errno];
+      }
+      return ["none", 0];
+    };
+    const rw = IOMMU_READ | IOMMU_WRITE;
+    // The PCI hole (3-4 GiB) is in no memslot and no VFIO mapping.
+    expect(failure(() => s.translate({ start: 0xd0000, npages: 1 }, { prot: rw, device: s.parentDevice }))).to.deep.equal(["EINVAL", 22]);
+    // The BIOS ROM is mapped READ only: a writable translation is beyond the mapping's prot.
+    expect(failure(() => s.translate({ start: 0xfffc0, npages: 1 }, { prot: rw, device: s.parentDevice }))).to.deep.equal(["EPERM", 1]);
+    expect(failure(() => s.translate({ start: 0x100, npages: 513 }, { prot: rw }))).to.deep.equal(["E2BIG", 7]);
+    expect(failure(() => s.translate({ start: 0x100, npages: 1 }, { prot: rw, device: { name: "0000:42:00.0" } }))).to.deep.equal(["ENODEV", 19]);
+    expect(failure(() => s.release({ id: 987654 }))).to.deep.equal(["EINVAL", 22]);
+    expect({ pins: host.phys.totalPins, locked: vm.vmm.mm.lockedVm, mappings: parent.liveMappings, live: vm.translate.liveCount() }).to.deep.equal(before);
+    s.release(held.handle);
+    expect(failure(() => s.release(held.handle))).to.deep.equal(["EINVAL", 22]);
+    await vm.shutdown();
+    expect(host.phys.totalPins).to.equal(0);
+    expect(host.kernel.warnings).to.deep.equal([]);
+  });
+
+  it("maps for the parent in each DMA mode: merged in dma-iommu, one segment per frame in intel-2016 and direct", async () => {
+    const segments: Record<string, number> = {};
+    for (const dmaMode of ["dma-iommu", "intel-2016", "direct"] as const) {
+      const s2 = createKvmStack({ host: { ramBytes: 2n << 30n, seed: 3 }, dmaMode });
+      const vm = await s2.platform.createVm({ name: "m", ramBytes: 64n << 20n });
+      const vgpu = (await vm.addVgpu(new MapperVendor(), "mapper", "v")) as MapperVgpu;
+      const t = vgpu.services.translate({ start: 0x200, npages: 32 }, { prot: IOMMU_READ, device: vgpu.services.parentDevice });
+      segments[dmaMode] = t.segments!.count;
+      if (dmaMode === "direct") expect([...t.dmaAddrs!]).to.deep.equal([...t.pfns].map((p) => BigInt(p) << 12n));
+      else expect(t.dmaAddrs![1]! - t.dmaAddrs![0]!).to.equal(4096n);
+      vgpu.services.release(t.handle);
+      await vm.shutdown();
+      expect(s2.parent.liveMappings).to.equal(0);
+      expect(s2.host.phys.totalPins).to.equal(0);
+    }
+    expect(segments).to.deep.equal({ "dma-iommu": 2, "intel-2016": 32, direct: 32 });
+    expect(createKvmStack({ dmaMode: "intel-2016" }).adapter.capabilities().mergesSegments).to.equal(false);
+  });
 });

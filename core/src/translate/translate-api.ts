@@ -58,14 +58,16 @@ export interface Translation {
 /** A device translation; per-frame addresses cost a bigint each, so they are derived from the segments only when read. */
 class DeviceTranslation implements Translation {
   #dmaAddrs: BigUint64Array | undefined;
-  readonly segments: { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array };
 
   constructor(
     readonly handle: TranslationHandle,
     readonly pfns: Uint32Array,
     private readonly mapping: DeviceMapping,
-  ) {
-    this.segments = { count: mapping.count, addr: mapping.segAddr.subarray(0, mapping.count), length: mapping.segLength.subarray(0, mapping.count) };
+  ) {}
+
+  get segments(): { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array } {
+    const m = this.mapping;
+    return { count: m.count, addr: m.segAddr.subarray(0, m.count), length: m.segLength.subarray(0, m.count) };
   }
 
   get dmaAddrs(): BigUint64Array {
@@ -122,7 +124,7 @@ export class DeviceAddressSpaces {
   }
 }
 
-const handleOf = (id: number): TranslationHandle => Object.freeze({ id });
+const handleOf = (id: number): TranslationHandle => ({ id });
 
 @injectable()
 export class TranslateApi extends Observable<TranslateEvents> {
