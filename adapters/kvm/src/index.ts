@@ -7,3 +7,4 @@ export * from "./kvm-platform.js";
 export * from "./dma-api-parent.js";
 export * from "./kvm-stack.js";
 export * from "./plugin.js";
+export * from "./scenario-support.js";

@@ -1,0 +1,14 @@
+import "reflect-metadata";
+export * from "./gvt-params.js";
+export * from "./frame-index.js";
+export * from "./dma-cache.js";
+export * from "./gm-space.js";
+export * from "./ggtt.js";
+export * from "./ppgtt.js";
+export * from "./workload.js";
+export * from "./display.js";
+export * from "./gvt-vgpu.js";
+export * from "./gvt-vendor.js";
+export * from "./bench.js";
+export * from "./plugin.js";
+export * from "./scenario-support.js";

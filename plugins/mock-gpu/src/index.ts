@@ -1,0 +1,11 @@
+import "reflect-metadata";
+export * from "./gtt-geometry.js";
+export * from "./dma-cache.js";
+export * from "./mock-faults.js";
+export * from "./mock-hooks.js";
+export * from "./mock-events.js";
+export * from "./mock-vgpu.js";
+export * from "./mock-gpu-vendor.js";
+export * from "./mock-guest-driver.js";
+export * from "./plugin.js";
+export * from "./scenario-support.js";
