@@ -50,8 +50,7 @@ export class DmaApiParent implements ParentDeviceMapper {
   }
 
   mapFrames(frames: Uint32Array, n: number, write: boolean): DeviceMapping {
-    const sg = new Scatterlist(n);
-    for (let i = 0; i < n; i++) sg.set(i, frames[i]!, 0, 4096);
+    const sg = Scatterlist.fromPages(frames, n);
     const dir = write ? DmaDirection.BIDIRECTIONAL : DmaDirection.TO_DEVICE;
     const count = dmaMapSg(this.dev, sg, n, dir);
     if (count === 0) throw new KernelError("ENOMEM", "dma-mapping-error", { device: this.dev.name, nents: n });

@@ -40,12 +40,14 @@ export class Scatterlist {
   constructor(nents: number) {
     if (!(Number.isInteger(nents) && nents >= 1)) throw new RangeError(`a scatterlist needs at least one entry, got ${nents}`);
     this.origNents = nents;
-    this.page = new Uint32Array(nents);
-    this.offset = new Uint32Array(nents);
-    this.length = new Uint32Array(nents);
-    this.dmaAddrHi = new Uint32Array(nents);
-    this.dmaAddrLo = new Uint32Array(nents);
-    this.dmaLength = new Uint32Array(nents);
+    // One backing store for the six columns: a list is allocated per map call.
+    const buffer = new ArrayBuffer(nents * 24);
+    this.page = new Uint32Array(buffer, 0, nents);
+    this.offset = new Uint32Array(buffer, nents * 4, nents);
+    this.length = new Uint32Array(buffer, nents * 8, nents);
+    this.dmaAddrHi = new Uint32Array(buffer, nents * 12, nents);
+    this.dmaAddrLo = new Uint32Array(buffer, nents * 16, nents);
+    this.dmaLength = new Uint32Array(buffer, nents * 20, nents);
   }
 
   /** One full page per frame, unmerged (the sg list a vendor builds from pinned pages). */

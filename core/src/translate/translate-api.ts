@@ -19,11 +19,10 @@
  * - release, releaseRange and invalidation never fail: they unmap before they
  *   unpin, as the kernel does (an address must not stay mapped to a frame that
  *   is no longer pinned);
- * - `deviceRanges` holds one interval per live device segment, owned by the
- *   vGPU whose translation made it; the isolation checker reads nothing else.
+ * - `DeviceAddressSpaces` holds every live device mapping with the vGPU whose
+ *   translation made it; the isolation checker reads nothing else.
  */
 import { inject, injectable } from "tsyringe";
-import sortedBtree from "sorted-btree";
 import { Observable, type Disposable } from "../events/emitter.js";
 import { IHypervisorAdapter, type DeviceHandle, type DeviceMapping, type HypervisorAdapter, type GuestInvalidation } from "../hypervisor/hypervisor-adapter.js";
 import type { GuestPinPort } from "../hypervisor/guest-pin-port.js";
@@ -95,33 +94,59 @@ interface TranslationRecord {
   readonly mapping: DeviceMapping | undefined;
 }
 
-interface DeviceRange {
-  readonly last: bigint;
-  readonly owner: string;
-  readonly handle: number;
+/** The live device mappings of one physical device, each with the vGPU that owns it. */
+interface DeviceSpace {
+  readonly live: Map<DeviceMapping, string>;
+  /** Sorted segment index for the checker, rebuilt after a change (checks are rare, maps are not). */
+  index: { readonly start: BigUint64Array; readonly last: BigUint64Array; readonly owner: string[] } | undefined;
 }
 
-type BTree<K, V> = import("sorted-btree").default<K, V>;
-
 /**
- * What each physical device can reach, owner by owner: one interval per live
- * device segment. Shared by the translate APIs of every VM of a platform (one
- * parent GPU serves vGPUs in several VMs), so the isolation checker sees them
- * all; a platform registers one instance in the scope its VMs descend from.
+ * What each physical device can reach, owner by owner. Shared by the translate
+ * APIs of every VM of a platform (one parent GPU serves vGPUs in several VMs),
+ * so the isolation checker sees them all; a platform registers one instance in
+ * the scope its VMs descend from. Recording a mapping is O(1); the sorted
+ * segment index the checker searches is built on the first check after a change.
  */
 @injectable()
 export class DeviceAddressSpaces {
-  readonly #spaces = new Map<DeviceHandle, BTree<bigint, DeviceRange[]>>();
+  readonly #spaces = new Map<DeviceHandle, DeviceSpace>();
 
-  get(device: DeviceHandle): BTree<bigint, DeviceRange[]> | undefined {
-    return this.#spaces.get(device);
+  add(mapping: DeviceMapping, owner: string): void {
+    let space = this.#spaces.get(mapping.device);
+    if (space === undefined) this.#spaces.set(mapping.device, (space = { live: new Map(), index: undefined }));
+    space.live.set(mapping, owner);
+    space.index = undefined;
   }
 
-  getOrCreate(device: DeviceHandle): BTree<bigint, DeviceRange[]> {
-    let tree = this.#spaces.get(device);
-    if (tree === undefined) this.#spaces.set(device, (tree = new sortedBtree.default<bigint, DeviceRange[]>()));
-    return tree;
+  remove(mapping: DeviceMapping): void {
+    const space = this.#spaces.get(mapping.device);
+    if (space?.live.delete(mapping) === true) space.index = undefined;
   }
+
+  /** Owners of the live segments of `device` that contain `addr` (several when one host frame is mapped twice in direct mode). */
+  owners(device: DeviceHandle, addr: bigint): string[] {
+    const space = this.#spaces.get(device);
+    if (space === undefined) return [];
+    const index = (space.index ??= buildIndex(space.live));
+    let lo = 0;
+    let hi = index.start.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (index.start[mid]! <= addr) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: string[] = [];
+    for (let k = lo - 1; k >= 0 && index.start[k] === index.start[lo - 1]; k--) if (index.last[k]! >= addr) out.push(index.owner[k]!);
+    return out;
+  }
+}
+
+function buildIndex(live: ReadonlyMap<DeviceMapping, string>): NonNullable<DeviceSpace["index"]> {
+  const segs: { start: bigint; last: bigint; owner: string }[] = [];
+  for (const [m, owner] of live) for (let s = 0; s < m.count; s++) segs.push({ start: m.segAddr[s]!, last: m.segAddr[s]! + BigInt(m.segLength[s]!) - 1n, owner });
+  segs.sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  return { start: BigUint64Array.from(segs, (x) => x.start), last: BigUint64Array.from(segs, (x) => x.last), owner: segs.map((x) => x.owner) };
 }
 
 const handleOf = (id: number): TranslationHandle => ({ id });
@@ -184,7 +209,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
       if (this.hasListeners("translated")) this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: null, segments: 0 });
       return { handle, pfns };
     }
-    this.#addDeviceRanges(record, mapping);
+    this.spaces.add(mapping, vdev.name);
     if (this.hasListeners("translated")) this.emit("translated", { vdev: vdev.name, handle: record.id, npages: n, device: mapping.device.name, segments: mapping.count });
     return new DeviceTranslation(handle, pfns, mapping);
   }
@@ -228,13 +253,12 @@ export class TranslateApi extends Observable<TranslateEvents> {
    * (a single requester ID cannot tell them apart) or that are no longer mapped.
    */
   checkIsolation(vdev: VgpuIdentity, device: DeviceHandle, visible: ArrayLike<bigint>): IsolationFinding[] {
-    const tree = this.spaces.get(device);
     const findings: IsolationFinding[] = [];
     for (let i = 0; i < visible.length; i++) {
       const addr = visible[i]!;
-      const owners = covering(tree, addr);
+      const owners = this.spaces.owners(device, addr);
       if (owners.length === 0) findings.push({ addr, kind: "unmapped" });
-      else if (!owners.some((r) => r.owner === vdev.name)) findings.push({ addr, kind: "other-vgpu", owner: owners[0]!.owner });
+      else if (!owners.includes(vdev.name)) findings.push({ addr, kind: "other-vgpu", owner: owners[0]! });
     }
     return findings;
   }
@@ -248,7 +272,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
     this.#records.delete(record.id);
     this.#byVdev.get(record.vdev)?.delete(record);
     if (record.mapping !== undefined) {
-      this.#removeDeviceRanges(record, record.mapping);
+      this.spaces.remove(record.mapping);
       this.adapter.unmapForDevice(record.mapping);
     }
     record.pins.unpin(record.gfns, record.gfns.length);
@@ -257,42 +281,6 @@ export class TranslateApi extends Observable<TranslateEvents> {
   #onInvalidate(inv: GuestInvalidation): void {
     for (const vdev of this.#vdevsByVm.get(inv.vm) ?? []) this.releaseRange(vdev, inv.firstGfn, inv.npages, inv.reason);
   }
-
-  #addDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
-    const tree = this.spaces.getOrCreate(mapping.device);
-    for (let s = 0; s < mapping.count; s++) {
-      const start = mapping.segAddr[s]!;
-      const range: DeviceRange = { last: start + BigInt(mapping.segLength[s]!) - 1n, owner: record.vdev.name, handle: record.id };
-      const at = tree.get(start);
-      if (at === undefined) tree.set(start, [range]);
-      else at.push(range);
-    }
-  }
-
-  /** Removes this translation's segments; an address two translations share (direct mode, one host frame) keeps the other owner. */
-  #removeDeviceRanges(record: TranslationRecord, mapping: DeviceMapping): void {
-    const tree = this.spaces.get(mapping.device);
-    if (tree === undefined) return;
-    for (let s = 0; s < mapping.count; s++) {
-      const start = mapping.segAddr[s]!;
-      const at = tree.get(start);
-      if (at === undefined) continue;
-      const i = at.findIndex((r) => r.handle === record.id);
-      if (i >= 0) at.splice(i, 1);
-      if (at.length === 0) tree.delete(start);
-    }
-  }
-}
-
-/**
- * The live ranges that contain `addr`. Segments of one device never overlap
- * unless they are the same address (one host frame mapped twice in direct
- * mode), so the candidates are the ranges starting at the highest start at or
- * below `addr`.
- */
-function covering(tree: BTree<bigint, DeviceRange[]> | undefined, addr: bigint): readonly DeviceRange[] {
-  const hit = tree?.nextLowerPair(addr + 1n);
-  return hit === undefined ? [] : hit[1].filter((r) => r.last >= addr);
 }
 
 function normalizeFrames(frames: FrameSpec): Float64Array {
