@@ -65,6 +65,15 @@ export class Memslot {
   get endGfn(): number {
     return this.baseGfn + this.npages;
   }
+
+  /**
+   * The frame table behind the slot when one VMA of a non-PFNMAP object backs
+   * all of it, valid while the mm's layout generation is `hintGeneration`:
+   * the hot GFN -> PFN path reads `hintFrames[hintBase + (gfn - baseGfn)]`.
+   */
+  hintFrames: Uint32Array | null = null;
+  hintBase = 0;
+  hintGeneration = -1;
 }
 
 /** kvm_page_track_notifier_node: called after KVM has emulated a guest write to a tracked frame. */
@@ -200,8 +209,23 @@ export class KvmVm extends Observable<KvmVmEvents> {
     const slot = this.gfnToMemslot(gfn);
     if (slot === undefined) return KVM_PFN_NOSLOT;
     if (write && (slot.flags & KVM_MEM_READONLY) !== 0) return KVM_PFN_ERR_RO_FAULT;
-    const pfn = this.vmm.mm.translate(slot.userspacePage + (gfn - slot.baseGfn));
+    const mm = this.vmm.mm;
+    if (slot.hintGeneration !== mm.layoutGeneration) this.#refreshHint(slot, mm);
+    const frames = slot.hintFrames;
+    if (frames !== null) {
+      const present = frames[slot.hintBase + (gfn - slot.baseGfn)]!;
+      if (present !== 0) return present;
+    }
+    const pfn = mm.translate(slot.userspacePage + (gfn - slot.baseGfn));
     return pfn === 0 ? KVM_PFN_ERR_FAULT : pfn;
+  }
+
+  #refreshHint(slot: Memslot, mm: Process["mm"]): void {
+    const vma = mm.findVma(slot.userspacePage);
+    const whole = vma !== undefined && !vma.object.isPfnmap && vma.endPage >= slot.userspacePage + slot.npages;
+    slot.hintFrames = whole ? vma.object.frames : null;
+    slot.hintBase = whole ? vma.pgoff + (slot.userspacePage - vma.startPage) : 0;
+    slot.hintGeneration = mm.layoutGeneration;
   }
 
   /** kvm_read_guest: -EFAULT when any page of the range is outside the memslots. */

@@ -53,6 +53,8 @@ export class Mm {
   lockedVm = 0;
   pinnedVm = 0;
   baselineLockedVm = 0;
+  /** Changes whenever a VMA comes or goes: lookups may cache a VMA while it stays the same. */
+  layoutGeneration = 0;
   users = 1;
   #nextPage = MMAP_BASE_PAGE;
   #lastVma: Vma | undefined;
@@ -97,6 +99,7 @@ export class Mm {
 
   /** Maps `npages` of `object` from page `pgoff`; returns the first page of the new VMA. */
   mmap(object: MemoryObject, pgoff: number, npages: number, prot: VmaProt): number {
+    this.layoutGeneration++;
     if (npages <= 0 || pgoff + npages > object.npages) throw new HostError("EINVAL", "mmap-bad-length", { npages });
     // 2 MiB alignment keeps THP and hugetlbfs windows aligned in both spaces.
     const start = Math.ceil(this.#nextPage / 512) * 512;
@@ -109,6 +112,7 @@ export class Mm {
 
   /** munmap of whole VMAs starting at `startPage`. */
   munmap(startPage: number): void {
+    this.layoutGeneration++;
     const i = this.vmas.findIndex((v) => v.startPage === startPage);
     if (i < 0) throw new HostError("EINVAL", "munmap-no-vma", { startPage });
     const [vma] = this.vmas.splice(i, 1);
@@ -118,6 +122,7 @@ export class Mm {
 
   /** Drops every VMA, as exit_mmap does. */
   teardown(): void {
+    this.layoutGeneration++;
     for (const vma of this.vmas.splice(0)) vma.object.detach();
     this.#lastVma = undefined;
   }
