@@ -88,7 +88,8 @@ function check(hw: IommuHardware, ops: readonly Op[]): void {
   }
 }
 
-describe("IommuDomain page table", () => {
+describe("IommuDomain page table", function () {
+  this.timeout(60_000);
   it("maps an aligned 2 MiB run to an aligned block as one superpage and reads it back page by page", () => {
     const domain = new IommuDomain(HW_2M, new FaultInjector());
     expect(domain.map(1024, 4096, 1024)).to.equal(0);
