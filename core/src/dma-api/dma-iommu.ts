@@ -164,7 +164,14 @@ export class DmaIommuDomain {
     const boundary = dev.segmentBoundaryBytes;
     let iovaLen = 0;
     let prev = -1;
-    for (let i = 0; i < nents; i++) {
+    // The common list, whole pages that cannot reach a segment boundary, needs no per-entry arithmetic.
+    let wholePages = nents * GRANULE <= boundary;
+    for (let i = 0; wholePages && i < nents; i++) wholePages = sg.offset[i] === 0 && sg.length[i] === GRANULE;
+    if (wholePages) {
+      iovaLens.fill(GRANULE, 0, nents);
+      iovaLen = nents * GRANULE;
+    }
+    for (let i = 0; !wholePages && i < nents; i++) {
       const off = sg.offset[i]! & (GRANULE - 1);
       const rem = iovaLen % boundary;
       const pad = rem === 0 ? 0 : boundary - rem; // (mask - iova_len + 1) & mask
