@@ -76,7 +76,7 @@ describe("local/layers", () => {
         c("plugins/gvt/src/gvt.ts", 'import { Host } from "@vgpu-iommu/core/src/host/host.js";', ["coreInternalImport"]),
         c("plugins/gvt/src/gvt.ts", 'export * from "@vgpu-iommu/core/dist";', ["coreInternalImport"]),
         c("plugins/gvt/src/gvt.ts", 'import { Host } from "@vgpu-iommu/core/host";', [
-          { messageId: "coreDeepImport", data: { specifier: "@vgpu-iommu/core/host", subpath: "./host", entryPoints: "@vgpu-iommu/core, @vgpu-iommu/core/testing, @vgpu-iommu/core/package.json" } },
+          { messageId: "coreDeepImport", data: { specifier: "@vgpu-iommu/core/host", subpath: "./host", entryPoints: "@vgpu-iommu/core, @vgpu-iommu/core/testing, @vgpu-iommu/core/scenarios, @vgpu-iommu/core/cli, @vgpu-iommu/core/package.json" } },
         ]),
         c("plugins/gvt/src/gvt.ts", 'import { Fixture } from "@vgpu-iommu/core/testing/fixture.js";', ["coreDeepImport"]),
         c("adapters/xen/src/xen.ts", 'const u = await import("@vgpu-iommu/core/vfio/uapi.js");', ["coreDeepImport"]),

@@ -139,6 +139,25 @@ export class XenGuestPins implements GuestPinPort {
     }
   }
 
+  /**
+   * Drops every pin of the table at once, as the device model's exit unmaps
+   * its privcmd mappings; returns the pins dropped (what its users leaked).
+   */
+  releaseAll(): number {
+    const t = this.table;
+    const count = t.count;
+    const dropped = t.pins;
+    for (let gfn = 0; gfn < count.length && t.pinnedFrames > 0; gfn++) {
+      if (count[gfn] === 0) continue;
+      this.privcmd.unmap(t.mfn, gfn, 1);
+      count[gfn] = 0;
+      t.mfn[gfn] = 0;
+      t.pinnedFrames--;
+    }
+    t.pins = 0;
+    return dropped;
+  }
+
   #unmark(fresh: Float64Array, k: number): void {
     for (let j = 0; j < k; j++) this.table.count[fresh[j]!] = 0;
   }

@@ -36,3 +36,8 @@ export * from "./xenserver-dom0.js";
 export * from "./ioreq-server.js";
 export * from "./aperture.js";
 export * from "./xen-adapter.js";
+export * from "./write-tracker.js";
+export * from "./xen-platform.js";
+export * from "./xen-stack.js";
+export * from "./plugin.js";
+export * from "./bench.js";

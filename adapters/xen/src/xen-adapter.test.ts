@@ -143,10 +143,11 @@ describe("XenAdapter", () => {
       const m = adapter.mapForDevice(gpu, mfns, 300, true) as XenMapping;
       expect(env.xen.hypercalls("iommu_op") - calls).to.equal(2);
       expect(env.xen.dom0Flushes - flushes).to.equal(2);
-      expect(m.extra.dfnBase).to.equal(2 ** 27 - 300);
+      // Size-aligned as dma-iommu allocates: 300 pages start on a 512-page boundary.
+      expect(m.extra.dfnBase).to.equal(2 ** 27 - 512);
       expect([m.count, m.nents]).to.deep.equal([300, 300]);
       for (const i of [0, 255, 256, 299]) {
-        expect(m.segAddr[i]).to.equal(BigInt(2 ** 27 - 300 + i) << 12n);
+        expect(m.segAddr[i]).to.equal(BigInt(2 ** 27 - 512 + i) << 12n);
         expect(adapter.deviceReaches(gpu, m.segAddr[i]!, true)).to.equal(mfns[i]);
       }
       expect(env.host.phys.totalPins).to.equal(600);
@@ -209,7 +210,8 @@ describe("XenAdapter", () => {
       expect(env.host.phys.totalPins).to.equal(300);
       expect(adapter.stats).to.deep.include({ maps: 0, opFailures: 1 });
       const m = adapter.mapForDevice(gpu, mfns, 300, true) as XenMapping;
-      expect(m.extra.dfnBase).to.equal(2 ** 27 - 300);
+      // Size-aligned as dma-iommu allocates: 300 pages start on a 512-page boundary.
+      expect(m.extra.dfnBase).to.equal(2 ** 27 - 512);
       adapter.unmapForDevice(m);
       unpin(0x100, 300);
     });

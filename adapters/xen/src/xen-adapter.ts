@@ -17,9 +17,10 @@
  *     the device's mask is bounced; nothing to unmap for direct frames;
  *   - `pviommu-2024`: a PVH Dom0 with the 2024 PV-IOMMU: each device gets its
  *     own context; DFNs come from an IOVA allocator (core's IovaDomain,
- *     top-down below min(mask, 2^39)); frames are mapped by `map_pages` over
- *     runs of consecutive Dom0 GFNs, at most 256 pages a call (halved and
- *     retried on -E2BIG), one flush per call; unmap likewise;
+ *     top-down below min(mask, 2^39), size-aligned as dma-iommu allocates);
+ *     frames are mapped by `map_pages` over runs of consecutive Dom0 GFNs,
+ *     at most 256 pages a call (halved and retried on -E2BIG), one flush per
+ *     call; unmap likewise;
  *   - `pvh-direct`: a PVH Dom0 without PV-IOMMU: its devices see its GFNs, so
  *     bus address = the Dom0 GFN of the foreign mapping; no bounce;
  *   - `grant-dma` (a frontend's grant-dma-ops): each frame is granted to the
@@ -301,6 +302,11 @@ export class XenAdapter implements HypervisorAdapter {
     this.#devices.delete(handle);
   }
 
+  /** Device mappings of a registered device made and not yet unmapped (0 for an unknown handle). */
+  liveMappings(handle: DeviceHandle): number {
+    return this.#devices.get(handle)?.live ?? 0;
+  }
+
   /** The device context number a registered device uses (2024), for inspection. */
   deviceContext(handle: DeviceHandle): number {
     return this.#devices.get(handle)?.ctxNo ?? -1;
@@ -521,8 +527,10 @@ export class XenAdapter implements HypervisorAdapter {
       if (g === 0) throw xenError("EINVAL", "frame-not-foreign-mapped", undefined, { index: i, frame: frames[i] });
       gfns[i] = g - 1;
     }
+    // dma-iommu's alloc_iova_fast: sizes below 32 pages are rounded up (rcache), and every range is
+    // size-aligned (alloc_iova(..., size_aligned = true)), so a 2 MiB run lands on a 2 MiB boundary.
     const pages = n < 32 ? roundupPowOfTwo(n) : n;
-    const dfnBase = dev.iova!.allocIova(pages, dev.dfnLimit, n < 32);
+    const dfnBase = dev.iova!.allocIova(pages, dev.dfnLimit, true);
     if (dfnBase < 0) throw xenError("ENOMEM", "dma-mapping-error", { api: "pv-iommu", status: -ERRNO.ENOMEM, name: "no DFN space" }, { done: 0, npages: n });
     const pv = this.xen.pvIommu2024!;
     const flags = IOMMU_OP_readable | (write ? IOMMU_OP_writeable : 0);

@@ -78,8 +78,16 @@ export interface Dom0Config {
 export interface GuestConfig {
   readonly name: string;
   readonly kind?: "hvm" | "pv";
+  /** RAM from GFN 0, when `regions` is omitted. */
   readonly memoryBytes: bigint;
   readonly superpages?: boolean;
+  /** RAM as runs of GFNs instead (a layout with the MMIO hole below 4 GiB, memory above it); the frame space ends with the last run. */
+  readonly regions?: readonly GuestRamRegion[];
+}
+
+export interface GuestRamRegion {
+  readonly firstGfn: number;
+  readonly npages: number;
 }
 
 /** The legacy VGA/BIOS hole a PV Dom0's P2M marks IDENTITY_FRAME: PFNs [0xa0, 0x100). */
@@ -174,12 +182,13 @@ export class Xen {
     return d;
   }
 
-  /** Builds a guest (HVM by default) with its RAM populated from GFN 0. */
+  /** Builds a guest (HVM by default) with its RAM populated from GFN 0, or in the given regions. */
   createGuest(config: GuestConfig): XenDomain {
-    const pages = Number(config.memoryBytes >> 12n);
+    const regions = config.regions ?? [{ firstGfn: 0, npages: Number(config.memoryBytes >> 12n) }];
+    const maxGfn = regions.reduce((end, r) => Math.max(end, r.firstGfn + r.npages), 0);
     const domid = this.#nextDomid++;
-    const d = new XenDomain(this.frames, { domid, name: config.name, kind: config.kind ?? "hvm", isHardwareDomain: false, maxGfn: pages });
-    this.#populateOrThrow(d, 0, pages, config.superpages === true);
+    const d = new XenDomain(this.frames, { domid, name: config.name, kind: config.kind ?? "hvm", isHardwareDomain: false, maxGfn });
+    for (const r of regions) this.#populateOrThrow(d, r.firstGfn, r.npages, config.superpages === true);
     this.#domains.set(domid, d);
     return d;
   }

@@ -5,7 +5,7 @@
  */
 export const DEFAULT_STACK_SOURCE = "(embedded default)";
 
-export const DEFAULT_STACK_YAML = `# KVM, a mock GPU, two vGPUs, 16 GiB guests, memlock at 8 GiB
+export const DEFAULT_STACK_YAML = `# KVM, a GVT-g-like GPU, two vGPUs, 16 GiB guests, memlock at 8 GiB
 name: default
 seed: 1
 host:
@@ -21,7 +21,7 @@ iommu:
   backend: vfio-type1v2
   params: { dmaEntryLimit: 65535 }
 vendors:
-  - package: "@vgpu-iommu/plugin-mock-gpu"
+  - package: "@vgpu-iommu/plugin-gvt"
 vms:
   - name: vm0
     process: qemu-vm0
@@ -34,9 +34,9 @@ vms:
     backing: thp
     balloon: { size: 1GiB, block: 2MiB }
 vgpus:
-  - { name: vgpu0, vm: vm0, vendor: "@vgpu-iommu/plugin-mock-gpu", type: mock-large }
-  - { name: vgpu1, vm: vm1, vendor: "@vgpu-iommu/plugin-mock-gpu", type: mock-large }
+  - { name: vgpu0, vm: vm0, vendor: "@vgpu-iommu/plugin-gvt", type: GVTg_V5_4 }
+  - { name: vgpu1, vm: vm1, vendor: "@vgpu-iommu/plugin-gvt", type: GVTg_V5_4 }
 scenario:
   name: lifecycle
-  params: { width: 1280, height: 720, balloonBlocks: 4, pagesPerBlock: 16 }
+  params: { width: 1920, height: 1080, balloonBlocks: 4, pagesPerBlock: 32 }
 `;

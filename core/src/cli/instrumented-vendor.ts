@@ -32,8 +32,7 @@ export class InstrumentedVgpu implements Vgpu {
     readonly services: VgpuServices,
     private readonly rec: RunRecorder,
   ) {
-    const dirty = inner.dirtyPages;
-    if (dirty !== undefined) this.dirtyPages = (firstGfn, npages) => dirty.call(inner, firstGfn, npages);
+    if (inner.dirtyPages !== undefined) this.dirtyPages = (firstGfn, npages) => inner.dirtyPages!(firstGfn, npages);
   }
 
   get name(): string {

@@ -36,8 +36,12 @@ const HOST_COLOR = "#555555";
 
 /** Step series from the trace's counter events, sampled at every change; each vGPU and VM keeps its colour across charts. */
 export function counterCharts(rec: RunRecorder): Chart[] {
+  // A VM takes the colour of its first vGPU, so a VM's charge and its vGPU's pins read together.
   const colorOf = (name: string): string => {
-    const i = [...rec.ledgers.map((l) => l.vgpu), ...rec.vms.map((v) => v.name)].indexOf(name);
+    const owners = rec.ledgers.map((l) => l.vgpu);
+    let i = owners.indexOf(name);
+    if (i < 0) i = rec.ledgers.findIndex((l) => l.vm === name);
+    if (i < 0 && rec.vms.some((v) => v.name === name)) i = owners.length + rec.vms.findIndex((v) => v.name === name);
     return i < 0 ? HOST_COLOR : PALETTE[i % PALETTE.length]!;
   };
   const charts: Chart[] = [];

@@ -41,6 +41,8 @@ export interface VmRecord {
   readonly lockedVm: () => number;
   /** RLIMIT_MEMLOCK in pages, or undefined when unlimited. */
   readonly limit: () => number | undefined;
+  /** The VMM has CAP_IPC_LOCK: locked_vm may pass the limit. */
+  readonly capIpcLock: () => boolean;
   peakLockedVm: number;
   lastLockedVm: number;
 }

@@ -26,7 +26,7 @@ export interface SummaryRow {
   /** locked_vm charged to the VM's VMM process, in pages. */
   readonly lockedVmPeak: number | null;
   readonly lockedVmAtEnd: number | null;
-  /** RLIMIT_MEMLOCK in pages; null when unlimited or not a VM. */
+  /** RLIMIT_MEMLOCK in pages at the end (a scenario may have lowered it); null when unlimited or not a VM. */
   readonly memlockLimit: number | null;
   readonly mappingsMade: number;
   readonly mappingsLive: number;
@@ -98,7 +98,7 @@ export function buildSummary(stack: Stack, scenario: string, params: Readonly<Re
       pinsRefused: sum((r) => r.pinsRefused),
       lockedVmPeak: vm.peakLockedVm,
       lockedVmAtEnd: vm.lastLockedVm,
-      memlockLimit: outcome.vms.find((v) => v.name === vm.name)?.limitPages ?? null,
+      memlockLimit: vm.limit() ?? null,
       mappingsMade: sum((r) => r.mappingsMade),
       mappingsLive: sum((r) => r.mappingsLive),
       iovaBytesPeak: sum((r) => r.iovaBytesPeak),

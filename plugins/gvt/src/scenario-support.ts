@@ -8,7 +8,9 @@
  * BAR0 write per run of consecutive entries, `mapHalves` two 4-byte writes;
  * `setPlane` programs primary plane A at the slot's graphics address.
  * `submit` and `mapHuge` build 4-level PPGTTs in the driver's pool of guest
- * frames and submit a workload on them, which shadows them lazily.
+ * frames (one per workload, one per huge entry) and submit a workload on
+ * each, which shadows it lazily; clearing a huge entry is a guest write to
+ * its write-protected table.
  */
 import { ERRNO, KernelError, errnoName, type PlatformVm, type Vgpu } from "@vgpu-iommu/core";
 import type { GuestDriver, GuestPool, ScenarioProvider, WorkloadResult } from "@vgpu-iommu/core/scenarios";
@@ -43,8 +45,7 @@ export function gvtGuestDriver(vgpu: GvtVgpu, vm: PlatformVm, pool: GuestPool): 
       at += run;
     }
   };
-  // Huge entries live in a PPGTT of their own, one leaf per slot at graphics address slot * 1 GiB.
-  let hugeRoot: number | undefined;
+  // Huge entries, by slot: where each was written.
   const huge = new Map<number, { table: number; index: number }>();
   const shadow = (root: number): { status: number; submitted: boolean; copied: number } => vgpu.submitWorkload(root);
   const fail = (status: number, what: string): never => {
@@ -81,9 +82,12 @@ export function gvtGuestDriver(vgpu: GvtVgpu, vm: PlatformVm, pool: GuestPool): 
     mapHuge(slot, gfn, pageBytes) {
       const size = LEAF[pageBytes];
       if (size === undefined) throw new KernelError("EINVAL", "gvt-guest-no-such-page-size", { pageBytes });
-      hugeRoot ??= gfx.newTable();
-      huge.set(slot, gfx.map(hugeRoot, slot * (1 << 30), gfn, size));
-      const r = shadow(hugeRoot);
+      // A PPGTT of its own for each huge entry, shadowed by the workload submitted on it.
+      const root = gfx.newTable();
+      huge.set(slot, gfx.map(root, 0, gfn, size));
+      const refused = vgpu.ppgtt.counters.refused1G;
+      const r = shadow(root);
+      if (vgpu.ppgtt.counters.refused1G > refused) fail(-ERRNO.EINVAL, "gvt-1g-entry-refused");
       if (r.status < 0) fail(r.status, "gvt-guest-huge-entry-failed");
       if (!r.submitted) fail(-ERRNO.EIO, "gvt-guest-in-failsafe");
     },

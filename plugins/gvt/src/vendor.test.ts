@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { container } from "tsyringe";
 import { IVgpuVendor, KernelError, composeStack, loadPlugin } from "@vgpu-iommu/core";
+import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { FakeVgpuServices } from "./testing/fake-services.js";
 import { GVT_TYPES, GvtVendor } from "./gvt-vendor.js";
 import { plugin, gvtPlugin } from "./plugin.js";
@@ -106,7 +107,7 @@ describe("gvt: vendor, types and resources", () => {
 
   it("the plugin manifest provides IVgpuVendor; composeStack and loadPlugin resolve one GvtVendor", async () => {
     expect(plugin).to.include({ id: "@vgpu-iommu/plugin-gvt", kind: "vendor" });
-    expect(plugin.provides).to.deep.equal([IVgpuVendor]);
+    expect(plugin.provides).to.deep.equal([IVgpuVendor, IScenarioProvider]);
     expect(plugin.requires).to.deep.equal([]);
     const c = composeStack([plugin], container.createChildContainer());
     const vendor = c.resolve(IVgpuVendor);

@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { container } from "tsyringe";
 import { composeStack, IVgpuVendor, KernelError, loadPlugin } from "@vgpu-iommu/core";
+import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { FakeVgpuServices } from "./testing/fake-services.js";
 import { MOCK_LARGE, MOCK_SMALL, MockGpuVendor } from "./mock-gpu-vendor.js";
 import { MOCK_GPU_PLUGIN_ID, mockGpuPlugin, plugin } from "./plugin.js";
@@ -74,7 +75,7 @@ describe("mock GPU: vendor", () => {
 describe("mock GPU: plugin manifest", () => {
   it("provides IVgpuVendor, one vendor per container it is composed into", () => {
     expect(plugin).to.deep.include({ id: MOCK_GPU_PLUGIN_ID, kind: "vendor", requires: [] });
-    expect(plugin.provides).to.deep.equal([IVgpuVendor]);
+    expect(plugin.provides).to.deep.equal([IVgpuVendor, IScenarioProvider]);
     const a = composeStack([plugin], container);
     const b = composeStack([plugin], container);
     const va = a.resolve(IVgpuVendor);

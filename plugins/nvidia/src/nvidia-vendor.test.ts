@@ -1,6 +1,7 @@
 import { expect } from "chai";
 import { container } from "tsyringe";
 import { IVgpuVendor, KernelError, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, composeStack } from "@vgpu-iommu/core";
+import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { nvidiaPlugin, plugin, vfPlugin } from "./index.js";
 import { NvidiaVendor } from "./nvidia-vendor.js";
 import { NV_ADA_48G } from "./gpu-profile.js";
@@ -141,7 +142,7 @@ describe("nvidia vendor: VF mode (own requester ID)", () => {
 describe("nvidia plugin manifest", () => {
   it("provides IVgpuVendor through composeStack, a fresh GPU per stack", () => {
     expect([plugin.id, plugin.kind, plugin.requires.length]).to.deep.equal(["@vgpu-iommu/plugin-nvidia", "vendor", 0]);
-    expect(plugin.provides).to.deep.equal([IVgpuVendor]);
+    expect(plugin.provides).to.deep.equal([IVgpuVendor, IScenarioProvider]);
     const a = composeStack([plugin], container.createChildContainer()).resolve(IVgpuVendor);
     const b = composeStack([plugin], container.createChildContainer()).resolve(IVgpuVendor);
     expect(a).to.be.instanceOf(NvidiaVendor);

@@ -1,6 +1,7 @@
 /**
  * The vendor conformance kit on the NVIDIA-like plugin on KVM, in the three
- * host DMA modes of the parent GPU. The exercise is RM's: frames the vGPU has
+ * host DMA modes of the parent GPU, and unchanged on Xen in its three stack
+ * configurations (the figures are the same everywhere). The exercise is RM's: frames the vGPU has
  * not mapped yet go in one GET_IOVA request (pin + one sg mapping per 512);
  * a frame already in the mapping cache is reused, not pinned again (pinning
  * it again is the shim's "Guest PFN already pinned" error). The mixed target
@@ -19,7 +20,8 @@ import type { PlatformVm, Vgpu } from "@vgpu-iommu/core";
 import { CONFORMANCE_CHECKS, formatVerdict, type ConformanceTarget } from "@vgpu-iommu/conformance";
 import { NvidiaVendor, type NvidiaVgpu } from "@vgpu-iommu/plugin-nvidia";
 import type { KvmStackOptions } from "@vgpu-iommu/adapter-kvm";
-import { vendorOnKvm } from "../support/conformance-targets.js";
+import { vendorOn } from "../support/conformance-targets.js";
+import { KVM, XEN_PLATFORMS, type PlatformFactory } from "../support/platforms.js";
 
 function rmExercise(hostPfnToo: boolean) {
   return (vgpu: Vgpu, _vm: PlatformVm, gfns: readonly number[]): void => {
@@ -31,8 +33,8 @@ function rmExercise(hostPfnToo: boolean) {
   };
 }
 
-function nvidiaConformance(name: string, type: string, hostPfnToo: boolean, kvm: KvmStackOptions = {}): void {
-  const setup: () => Promise<ConformanceTarget> = vendorOnKvm(() => new NvidiaVendor(), type, rmExercise(hostPfnToo), {}, kvm);
+function nvidiaConformance(name: string, type: string, hostPfnToo: boolean, kvm: KvmStackOptions = {}, platform: PlatformFactory = KVM): void {
+  const setup: () => Promise<ConformanceTarget> = vendorOn(platform, () => new NvidiaVendor(), type, rmExercise(hostPfnToo), {}, kvm);
   describe(`vendor conformance: ${name}`, () => {
     for (const c of CONFORMANCE_CHECKS) {
       if (c.id === "no-stale-address") {
@@ -56,3 +58,7 @@ function nvidiaConformance(name: string, type: string, hostPfnToo: boolean, kvm:
 nvidiaConformance("NVIDIA-like mdev on KVM: GET_IOVA (dma-iommu, lazy flush)", "NV-2Q", false);
 nvidiaConformance("NVIDIA-like mdev on KVM: GET_IOVA + GET_HOST_PFN (2016 intel-iommu, strict)", "NV-4Q", true, { dmaMode: "intel-2016", strict: true });
 nvidiaConformance("NVIDIA-like mdev on KVM: GET_IOVA (direct mode)", "NV-1Q", false, { dmaMode: "direct" });
+for (const xen of XEN_PLATFORMS) {
+  nvidiaConformance(`NVIDIA-like mdev on ${xen.label}: GET_IOVA`, "NV-2Q", false, {}, xen);
+  nvidiaConformance(`NVIDIA-like mdev on ${xen.label}: GET_IOVA + GET_HOST_PFN`, "NV-4Q", true, {}, xen);
+}

@@ -1,18 +1,20 @@
 /**
- * The NVIDIA-like vendor on the KVM platform in one call: a host, its parent
- * GPU behind the host DMA API, a VM with guest RAM and a balloon, and open
- * vGPUs added the way QEMU adds mdevs. What the nvidia suites start from:
+ * The NVIDIA-like vendor on a platform (KVM unless one is given) in one call:
+ * a host, its parent GPU, a VM with guest RAM and a balloon, and open vGPUs
+ * added the way the VMM adds them. What the nvidia suites start from:
  *
  *   const s = await nvidiaStack();
  *   s.vgpus[0].translateGfns([0x100, 0x2345], "GET_IOVA");  // 2 pins, 1 sg mapping
  *   await s.vm.balloonOut(0, 1);                               // the notifier reaches the vGPU
  *   await s.vm.shutdown();                                     // close sweeps everything
  */
-import { createKvmStack, type KvmStack, type KvmStackOptions } from "@vgpu-iommu/adapter-kvm";
+import { createKvmStack, type KvmStackOptions } from "@vgpu-iommu/adapter-kvm";
 import type { PlatformVm, VmSpec } from "@vgpu-iommu/core";
 import { NvidiaVendor, type GetIovaBenchSetup, type NvidiaVendorOptions, type NvidiaVgpu } from "@vgpu-iommu/plugin-nvidia";
+import { KVM, type PlatformFactory, type PlatformStack } from "./platforms.js";
 
 export interface NvidiaStackOptions {
+  readonly platform?: PlatformFactory;
   readonly kvm?: KvmStackOptions;
   readonly vendor?: NvidiaVendorOptions;
   readonly vm?: Partial<VmSpec>;
@@ -21,7 +23,7 @@ export interface NvidiaStackOptions {
   readonly count?: number;
 }
 
-export interface NvidiaStack extends KvmStack {
+export interface NvidiaStack extends PlatformStack {
   readonly vendor: NvidiaVendor;
   readonly vm: PlatformVm;
   readonly vgpus: NvidiaVgpu[];
@@ -33,7 +35,7 @@ const MiB = 1n << 20n;
 export const BLOCK_PAGES = 512;
 
 export async function nvidiaStack(options: NvidiaStackOptions = {}): Promise<NvidiaStack> {
-  const stack = createKvmStack({ host: { ramBytes: 1n << 30n, seed: 7 }, ...options.kvm });
+  const stack = (options.platform ?? KVM).create({ host: { ramBytes: 1n << 30n, seed: 7 }, ...(options.kvm === undefined ? {} : { kvm: options.kvm }) });
   const vendor = new NvidiaVendor(options.vendor);
   const vm = await stack.platform.createVm({ name: "vm0", ramBytes: 64n * MiB, balloon: { bytes: 8n * MiB, blockBytes: 2n * MiB }, ...options.vm });
   const vgpus: NvidiaVgpu[] = [];

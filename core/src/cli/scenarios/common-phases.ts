@@ -54,9 +54,10 @@ export function exportPlanes(ctx: ScenarioContext, width: number, height: number
 }
 
 /** Points `pagesPerBlock` slots of every mapping vGPU at frames of balloon blocks [0, blocks); returns the vGPUs that did. */
-export function pinIntoBalloon(ctx: ScenarioContext, blocks: number, pagesPerBlock: number, firstSlot: number): ScenarioVgpu[] {
+export function pinIntoBalloon(ctx: ScenarioContext, blocks: number, pagesPerBlock: number, firstSlotOf: number | ((g: ScenarioVgpu) => number)): ScenarioVgpu[] {
   const used: ScenarioVgpu[] = [];
   for (const g of ctx.vgpusWith("map")) {
+    const firstSlot = typeof firstSlotOf === "number" ? firstSlotOf : firstSlotOf(g);
     const n = Math.min(blocks, balloonBlocks(g.vm));
     if (n === 0) {
       ctx.note(`${g.name}: ${g.vm.name} has no balloon memory`);
@@ -72,9 +73,9 @@ export function pinIntoBalloon(ctx: ScenarioContext, blocks: number, pagesPerBlo
       ctx.note(`${g.name}: no slot left for balloon pages after slot ${firstSlot}`);
       continue;
     }
-    const before = g.pins.livePages;
     g.driver!.map(firstSlot, gfns.slice(0, slots));
-    ctx.note(`${g.name}: ${slots} entries point into ${n} balloon blocks of ${g.vm.name}: ${g.pins.livePages - before} pages pinned`);
+    const first = balloonBlock(g.vm, 0)!;
+    ctx.note(`${g.name}: ${slots} entries point into ${n} balloon blocks of ${g.vm.name}: ${g.pins.refsInRange(first.first, first.npages * n)} pin references there`);
     used.push(g);
   }
   return used;

@@ -5,7 +5,7 @@
  * (5.7), then shutdown by the runner.
  */
 import type { ScenarioDefinition, ScenarioVgpu } from "../scenario-api.js";
-import { balloonIn, balloonOut, dirtyRound, exportPlanes, mapFramebuffers, pinIntoBalloon, resetAll, scanoutPages, type FrameTable } from "./common-phases.js";
+import { balloonIn, balloonOut, dirtyRound, exportPlanes, mapFramebuffers, pinIntoBalloon, resetAll, type FrameTable } from "./common-phases.js";
 import { int, params } from "./params.js";
 
 interface Params {
@@ -36,7 +36,9 @@ export const lifecycle: ScenarioDefinition<Params> = {
         name: "balloon memory pinned",
         run(ctx) {
           if (p.balloonBlocks === 0) return;
-          ballooned = pinIntoBalloon(ctx, p.balloonBlocks, p.pagesPerBlock, scanoutPages(p.width, p.height));
+          // Balloon entries go after the scanout's, or at the end of the table when the scanout filled it.
+          const entries = p.balloonBlocks * p.pagesPerBlock;
+          ballooned = pinIntoBalloon(ctx, p.balloonBlocks, p.pagesPerBlock, (g) => Math.max(0, Math.min(frames.get(g.name)?.length ?? 0, (g.driver?.slots ?? 0) - entries)));
           ctx.snapshotIova("scanouts and balloon pages mapped");
         },
       },
