@@ -6,10 +6,12 @@
  * configurations.
  */
 import { expect } from "chai";
-import { IOMMU_READ, IOMMU_WRITE, isKernelError, type KernelError, type PlatformVm, type ResetKind, type Translation, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
+import { container } from "tsyringe";
+import { createHost, IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, IOMMU_READ, IOMMU_WRITE, isKernelError, type KernelError, type PlatformVm, type ResetKind, type Translation, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
 import { createXenStack, parsePciAddress, XEN_STACK_CONFIGS, type XenStack } from "./xen-stack.js";
 import { P2mType } from "./p2m.js";
 import { plugin } from "./plugin.js";
+import type { XenPlatform } from "./xen-platform.js";
 
 const MiB = 1n << 20n;
 const RW = IOMMU_READ | IOMMU_WRITE;
@@ -244,11 +246,20 @@ describe("XenPlatform", () => {
     });
   }
 
-  it("refuses a configuration Xen cannot give, parses PCI addresses, and registers as a plugin", () => {
+  it("refuses an unknown configuration, parses PCI addresses, and registers as a plugin resolving the platform on the stack's host", () => {
     expect(parsePciAddress("0000:00:02.0")).to.deep.equal({ seg: 0, bus: 0, devfn: 16 });
     expect(caught(() => parsePciAddress("00:02.0")).reason).to.equal("bad-pci-address");
     expect(plugin.id).to.equal("@vgpu-iommu/adapter-xen");
     expect(plugin.provides.map((t) => t.description)).to.deep.equal(["IVgpuPlatform", "IHypervisorAdapter"]);
     expect(plugin.requires.map((t) => t.description)).to.deep.equal(["IHost", "IPluginSettings"]);
+    const c = container.createChildContainer();
+    c.register(IHost, { useValue: createHost({ ramBytes: 1n << 30n, seed: 1 }) });
+    c.register(IPluginSettings, { useValue: { "@vgpu-iommu/adapter-xen": { config: "pv-xenserver", swiotlbBytes: 4 << 20, parentName: "0000:00:02.0" } } });
+    plugin.register(c);
+    const platform = c.resolve(IVgpuPlatform) as XenPlatform;
+    expect([platform.adapter.mechanism, platform.parentDevice.name, platform.host === c.resolve(IHost)]).to.deep.equal(["pviommu-xenserver", "0000:00:02.0", true]);
+    expect(c.resolve(IHypervisorAdapter)).to.equal(platform.adapter);
+    expect(c.resolve(IVgpuPlatform)).to.equal(platform);
+    expect(caught(() => createXenStack({ config: "pv-nothing" as "pv-identity" })).reason).to.equal("xen-config-unknown");
   });
 });

@@ -104,7 +104,7 @@ async function main(): Promise<void> {
   if (wanted("translate.map-for-device")) emit(result("translate.map-for-device.4k", "ns/page", await measureMapForDevice(GUEST_BYTES, args.reps), TARGETS["translate.map-for-device.4k"], base.pin));
   if (wanted("iova.")) emit(result("iova.alloc-free.65536", "ns/pair", measureIovaAllocFree(args.reps), TARGETS["iova.alloc-free.65536"]));
 
-  if (wanted("xen.")) {
+  if (wanted("xen.pviommu.map.4k") || wanted("xen.swiotlb.map-sg.4k")) {
     // The Xen adapter's cases: 16 GiB of scattered guest frames, pinned through privcmd, then mapped for the parent.
     const xen = await runXenBench({ guestBytes: GUEST_BYTES, ramBytes: RAM_BYTES, reps: args.reps });
     for (const c of xen) {
