@@ -198,12 +198,12 @@ export class DmaIommuDomain {
     for (let i = 0; i < nents; i++) {
       const pfn = sg.page[i]!;
       if (runLen !== 0 && pfn !== runStart + runLen) {
-        ret = this.domain.map(iova + mapped, runStart, runLen);
+        ret = runLen === 1 ? this.domain.mapOne(iova + mapped, runStart) : this.domain.map(iova + mapped, runStart, runLen);
         if (ret !== 0) break;
         mapped += runLen;
         runLen = 0;
       }
-      const pages = iovaLens[i]! / GRANULE;
+      const pages = wholePages ? 1 : iovaLens[i]! / GRANULE;
       if (runLen !== 0) runLen += pages;
       else {
         runStart = pfn;

@@ -53,10 +53,8 @@ export class Scatterlist {
   /** One full page per frame, unmerged (the sg list a vendor builds from pinned pages). */
   static fromPages(frames: ArrayLike<number>, npages: number = frames.length): Scatterlist {
     const sg = new Scatterlist(npages);
-    for (let i = 0; i < npages; i++) {
-      sg.page[i] = frames[i]!;
-      sg.length[i] = PAGE_SIZE;
-    }
+    for (let i = 0; i < npages; i++) sg.page[i] = frames[i]!;
+    sg.length.fill(PAGE_SIZE);
     return sg;
   }
 

@@ -138,6 +138,16 @@ export class IommuDomain {
     return 0;
   }
 
+  /** iommu_map of a single granule: the same checks and fault site as map(), without the run machinery. */
+  mapOne(iovaPage: number, pfn: number): number {
+    if (this.#outside(iovaPage, 1)) return -ERRNO.EFAULT;
+    if (this.faults.shouldFail("iommu_map")) return -ERRNO.ENOMEM;
+    if (this.#largeCount !== 0) this.#splitAll(iovaPage, 1);
+    this.#chunk(iovaPage, true)![iovaPage & CHUNK_MASK] = pfn;
+    this.mappedPages++;
+    return 0;
+  }
+
   /** Writes each frame of `frames[from..from+npages)` at consecutive IOVA pages. */
   mapFrames(iovaPage: number, frames: Uint32Array, from: number, npages: number): number {
     if (this.#outside(iovaPage, npages)) return -ERRNO.EFAULT;

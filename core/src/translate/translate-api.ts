@@ -90,7 +90,7 @@ interface TranslationRecord {
   readonly id: number;
   readonly vdev: VgpuIdentity;
   readonly pins: GuestPinPort;
-  readonly gfns: Float64Array;
+  readonly gfns: GfnList;
   readonly mapping: DeviceMapping | undefined;
 }
 
@@ -283,27 +283,30 @@ export class TranslateApi extends Observable<TranslateEvents> {
   }
 }
 
-function normalizeFrames(frames: FrameSpec): Float64Array {
+/** Guest frame numbers as 4 bytes each while they fit (they do below 16 TiB of guest space), 8 otherwise. */
+type GfnList = Uint32Array | Float64Array;
+
+function normalizeFrames(frames: FrameSpec): GfnList {
   if (frames === null || typeof frames !== "object") throw new VfioError("EINVAL", "translate-bad-frames");
   if ("npages" in frames && "start" in frames && !("length" in frames)) {
     const { start, npages } = frames;
     if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(npages) || npages < 0) throw new VfioError("EINVAL", "translate-bad-frames");
-    const out = new Float64Array(npages);
+    const out = start + npages <= 0x1_0000_0000 ? new Uint32Array(npages) : new Float64Array(npages);
     for (let i = 0; i < npages; i++) out[i] = start + i;
     return out;
   }
   const list = frames as ArrayLike<number>;
   if (typeof list.length !== "number") throw new VfioError("EINVAL", "translate-bad-frames");
-  const out = new Float64Array(list.length);
+  let wide = false;
   for (let i = 0; i < list.length; i++) {
     const g = list[i]!;
     if (!Number.isSafeInteger(g) || g < 0) throw new VfioError("EINVAL", "translate-bad-frames", { index: i });
-    out[i] = g;
+    if (g >= 0x1_0000_0000) wide = true;
   }
-  return out;
+  return wide ? Float64Array.from(list) : Uint32Array.from(list);
 }
 
-function touches(gfns: Float64Array, first: number, end: number): boolean {
+function touches(gfns: GfnList, first: number, end: number): boolean {
   for (let i = 0; i < gfns.length; i++) if (gfns[i]! >= first && gfns[i]! < end) return true;
   return false;
 }
