@@ -10,14 +10,16 @@ export type FaultSite =
   | "iommu_map" // iommu_map into a domain: -ENOMEM
   | "mmap_lock"; // mmap_write_lock_killable interrupted: -EINTR
 
-export class FaultInjector {
+/** Generic in its sites, so plugins reuse it for their own fallible steps. */
+export class FaultInjector<Site extends string = FaultSite> {
   #armedAt = 0;
   #calls = 0;
-  #fired: FaultSite | undefined;
-  #sites: ReadonlySet<FaultSite> | undefined;
+  #fired: Site | undefined;
+  #sites: ReadonlySet<Site> | undefined;
 
   /** Fail the n-th fallible step from now (1-based), optionally only at some sites. */
-  failNth(n: number, sites?: Iterable<FaultSite>): void {
+  failNth(n: number, sites?: Iterable<Site>): void {
+    if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`failNth needs n >= 1, got ${n}`);
     this.#armedAt = n;
     this.#calls = 0;
     this.#fired = undefined;
@@ -30,7 +32,7 @@ export class FaultInjector {
   }
 
   /** The site that failed since arming, if any. */
-  get fired(): FaultSite | undefined {
+  get fired(): Site | undefined {
     return this.#fired;
   }
 
@@ -44,7 +46,7 @@ export class FaultInjector {
     return this.#calls;
   }
 
-  shouldFail(site: FaultSite): boolean {
+  shouldFail(site: Site): boolean {
     if (this.#armedAt === 0 || (this.#sites !== undefined && !this.#sites.has(site))) return false;
     if (++this.#calls !== this.#armedAt) return false;
     this.#fired = site;
