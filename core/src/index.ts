@@ -38,6 +38,7 @@ export * from "./vendor/vgpu-platform.js";
 export * from "./dma-api/dma-addr.js";
 export * from "./dma-api/iova-domain.js";
 export * from "./dma-api/flush-queue.js";
+export * from "./dma-api/iova-ops.js";
 export * from "./dma-api/scatterlist.js";
 export * from "./dma-api/dma-debug.js";
 export * from "./dma-api/swiotlb.js";

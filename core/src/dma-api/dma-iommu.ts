@@ -38,14 +38,12 @@
  * IOMMU domain maps exactly the granules of live mappings (and of lazily freed
  * ones until the next flush, whose page tables are already cleared).
  */
-import type { IommuDomain, ReservedRegion } from "../iommu/iommu-domain.js";
-import type { KernelLog } from "../host/kernel-log.js";
-import type { FaultInjector } from "../host/fault-injector.js";
+import type { ReservedRegion } from "../iommu/iommu-domain.js";
 import { ERRNO } from "../errors/errno.js";
 import { PAGE_SIZE } from "../address/address.js";
 import { DMA_MAPPING_ERROR, dmaAddrOf, dmaBitMask, dmaHiOf, dmaLoOf, dmaOffsetOf, dmaPageOf, dmaPageOfHalves, minNotZero, type DmaDirection } from "./dma-addr.js";
-import { IovaDomain, IOVA_RANGE_CACHE_MAX_SIZE, fls, roundupPowOfTwo } from "./iova-domain.js";
-import { IovaFlushQueue, IOVA_FQ_SIZE } from "./flush-queue.js";
+import { IOVA_RANGE_CACHE_MAX_SIZE, fls, roundupPowOfTwo } from "./iova-domain.js";
+import { IovaOps, type IovaOpsOptions } from "./iova-ops.js";
 import type { DmaDevice } from "./dma-device.js";
 import type { Scatterlist } from "./scatterlist.js";
 
@@ -53,64 +51,28 @@ const GRANULE = PAGE_SIZE;
 const SHIFT = 12;
 const DMA_BIT_MASK_32 = dmaBitMask(32);
 
-export interface DmaIommuOptions {
-  readonly domain: IommuDomain;
-  readonly log: KernelLog;
-  readonly faults?: FaultInjector;
-  /** iommu.strict=1 (IOMMU_DOMAIN_DMA); lazy (IOMMU_DOMAIN_DMA_FQ) when false or omitted. */
-  readonly strict?: boolean;
-  /** iommu.forcedac: never try a 32-bit address first. */
-  readonly forcedac?: boolean;
+export interface DmaIommuOptions extends IovaOpsOptions {
   /** 'per-call' (5.x-6.3: every map tries below 4 GiB first) or 'sticky' (6.4+ pci_32bit_workaround). */
   readonly sacPolicy?: "per-call" | "sticky";
-  /** Online CPUs of the rcaches and flush queues; 1 when omitted. */
-  readonly cpus?: number;
-  readonly fqSize?: number;
   /** The group's reserved regions; each but sw-msi is reserved in the IOVA space. */
   readonly reservedRegions?: readonly ReservedRegion[];
 }
 
-export class DmaIommuDomain {
+export class DmaIommuDomain extends IovaOps {
   readonly kind = "dma-iommu" as const;
-  readonly domain: IommuDomain;
-  readonly iovad: IovaDomain;
-  readonly fq: IovaFlushQueue | undefined;
-  readonly strict: boolean;
-  readonly forcedac: boolean;
   readonly sacPolicy: "per-call" | "sticky";
-  readonly #log: KernelLog;
   #scratch = new Float64Array(64);
 
   /** iommu_dma_init_domain (+ iommu_dma_init_fq in lazy mode). */
   constructor(options: DmaIommuOptions) {
-    this.domain = options.domain;
-    this.#log = options.log;
     const pgsize = options.domain.pgsizeBitmap & -options.domain.pgsizeBitmap;
     if (pgsize !== BigInt(GRANULE)) throw new RangeError(`the DMA domain needs a 4 KiB smallest page size, the IOMMU offers ${pgsize}`);
     const startPfn = Math.max(1, Number(options.domain.hw.aperture.start >> BigInt(SHIFT)));
-    this.iovad = new IovaDomain(GRANULE, startPfn, { cpus: options.cpus ?? 1, log: options.log, faults: options.faults });
-    for (const region of options.reservedRegions ?? []) {
-      if (region.type === "sw-msi") continue;
-      this.iovad.reserveIova(Number(region.start >> BigInt(SHIFT)), Number((region.start + region.length - 1n) >> BigInt(SHIFT)));
-    }
-    this.strict = options.strict ?? false;
-    this.forcedac = options.forcedac ?? false;
+    const reserved = (options.reservedRegions ?? [])
+      .filter((r) => r.type !== "sw-msi")
+      .map((r) => [Number(r.start >> BigInt(SHIFT)), Number((r.start + r.length - 1n) >> BigInt(SHIFT))] as const);
+    super(options, GRANULE, startPfn, reserved);
     this.sacPolicy = options.sacPolicy ?? "per-call";
-    this.fq = this.strict ? undefined : new IovaFlushQueue(this.iovad, this.domain, options.fqSize ?? IOVA_FQ_SIZE);
-  }
-
-  /** The CPU the next operation runs on (its rcache and flush queue). */
-  get cpu(): number {
-    return this.iovad.cpu;
-  }
-
-  set cpu(cpu: number) {
-    this.iovad.cpu = cpu;
-  }
-
-  /** IOTLB flushes of the domain: one per strict unmap, one per flush-queue flush. */
-  get iotlbFlushes(): number {
-    return this.domain.iotlbSyncs;
   }
 
   /**
@@ -128,7 +90,7 @@ export class DmaIommuDomain {
       if (pfn !== 0) return pfn;
       if (this.sacPolicy === "sticky") {
         dev.pci32bitWorkaround = false;
-        this.#log.prWarn(`${dev.name}: Using ${fls(Number(limit >> 32n)) + 32}-bit DMA addresses`);
+        this.log.prWarn(`${dev.name}: Using ${fls(Number(limit >> 32n)) + 32}-bit DMA addresses`);
       }
     }
     return this.iovad.allocIovaFast(iovaLen, Number(limit >> BigInt(SHIFT)), true);
@@ -266,26 +228,11 @@ export class DmaIommuDomain {
     this.#unmap(startPage, endPage - startPage + (endByte % GRANULE === 0 ? 0 : 1));
   }
 
-  /** The flush queue's 10 ms timer fires (lazy mode); false when nothing was armed. */
-  flushTimeout(): boolean {
-    return this.fq?.timeout() ?? false;
-  }
-
-  /** iommu_put_dma_cookie: drops the flush queue and every IOVA. */
-  destroy(): void {
-    this.fq?.destroy();
-    this.iovad.destroy();
-  }
-
   /** __iommu_dma_unmap. */
   #unmap(pfn: number, pages: number): void {
     const unmapped = this.domain.unmap(pfn, pages);
-    this.#log.warnOn(unmapped !== pages, "__iommu_dma_unmap", "WARN_ON(unmapped != size)", { iova: pfn * GRANULE, pages, unmapped });
-    if (this.fq !== undefined) this.fq.queue(pfn, pages);
-    else {
-      this.domain.iotlbSync();
-      this.iovad.freeIovaFast(pfn, pages);
-    }
+    this.log.warnOn(unmapped !== pages, "__iommu_dma_unmap", "WARN_ON(unmapped != size)", { iova: pfn * GRANULE, pages, unmapped });
+    this.releaseIova(pfn, pages);
   }
 
   /** __finalise_sg: writes the merged segments; returns how many. */

@@ -29,13 +29,11 @@
  * Invariants: as dma-iommu's; a mapped scatterlist's addresses are
  * contiguous, entry i + 1 starting at the page after entry i's last.
  */
-import type { IommuDomain, ReservedRegion } from "../iommu/iommu-domain.js";
-import type { KernelLog } from "../host/kernel-log.js";
-import type { FaultInjector } from "../host/fault-injector.js";
+import type { ReservedRegion } from "../iommu/iommu-domain.js";
 import { PAGE_SIZE } from "../address/address.js";
 import { DMA_MAPPING_ERROR, dmaAddrOf, dmaBitMask, dmaHiOf, dmaLoOf, dmaOffsetOf, dmaPageOf, hex, type DmaDirection } from "./dma-addr.js";
-import { IovaDomain, roundupPowOfTwo } from "./iova-domain.js";
-import { IovaFlushQueue, IOVA_FQ_SIZE } from "./flush-queue.js";
+import { roundupPowOfTwo } from "./iova-domain.js";
+import { IovaOps, type IovaOpsOptions } from "./iova-ops.js";
 import type { DmaDevice } from "./dma-device.js";
 import type { Scatterlist } from "./scatterlist.js";
 
@@ -43,53 +41,23 @@ const DMA_BIT_MASK_32 = dmaBitMask(32);
 /** IOVA_START_PFN. */
 const IOVA_START_PFN = 1;
 
-export interface IntelIommu2016Options {
-  readonly domain: IommuDomain;
-  readonly log: KernelLog;
-  readonly faults?: FaultInjector;
-  /** intel_iommu=strict; lazy (deferred flush) when false or omitted. */
-  readonly strict?: boolean;
-  /** intel_iommu=forcedac. */
-  readonly forcedac?: boolean;
-  readonly cpus?: number;
-  readonly fqSize?: number;
+export interface IntelIommu2016Options extends IovaOpsOptions {
   readonly reservedRegions?: readonly ReservedRegion[];
 }
 
 /** aligned_nrpages(host_addr, size). */
 const alignedNrpages = (offset: number, size: number): number => Math.ceil(((offset & (PAGE_SIZE - 1)) + size) / PAGE_SIZE);
 
-export class IntelIommu2016Domain {
+export class IntelIommu2016Domain extends IovaOps {
   readonly kind = "intel-2016" as const;
-  readonly domain: IommuDomain;
-  readonly iovad: IovaDomain;
-  readonly fq: IovaFlushQueue | undefined;
-  readonly strict: boolean;
-  readonly forcedac: boolean;
-  readonly #log: KernelLog;
 
   constructor(options: IntelIommu2016Options) {
-    this.domain = options.domain;
-    this.#log = options.log;
-    this.iovad = new IovaDomain(PAGE_SIZE, IOVA_START_PFN, { cpus: options.cpus ?? 1, log: options.log, faults: options.faults });
-    for (const region of options.reservedRegions ?? []) {
-      this.iovad.reserveIova(Number(region.start >> 12n), Number((region.start + region.length - 1n) >> 12n));
-    }
-    this.strict = options.strict ?? false;
-    this.forcedac = options.forcedac ?? false;
-    this.fq = this.strict ? undefined : new IovaFlushQueue(this.iovad, this.domain, options.fqSize ?? IOVA_FQ_SIZE);
-  }
-
-  get cpu(): number {
-    return this.iovad.cpu;
-  }
-
-  set cpu(cpu: number) {
-    this.iovad.cpu = cpu;
-  }
-
-  get iotlbFlushes(): number {
-    return this.domain.iotlbSyncs;
+    super(
+      options,
+      PAGE_SIZE,
+      IOVA_START_PFN,
+      (options.reservedRegions ?? []).map((r) => [Number(r.start >> 12n), Number((r.start + r.length - 1n) >> 12n)] as const),
+    );
   }
 
   /** intel_alloc_iova: the first IOVA page of `nrpages` (rounded to a power of two), or 0. */
@@ -102,7 +70,7 @@ export class IntelIommu2016Domain {
       if (pfn !== 0) return pfn;
     }
     const pfn = this.iovad.allocIovaFast(nrpages, Number(mask >> 12n), true);
-    if (pfn === 0) this.#log.prWarn(`Allocating ${nrpages}-page iova for ${dev.name} failed`);
+    if (pfn === 0) this.log.prWarn(`Allocating ${nrpages}-page iova for ${dev.name} failed`);
     return pfn;
   }
 
@@ -113,7 +81,7 @@ export class IntelIommu2016Domain {
     const iova = this.allocIova(dev, pages, dev.dmaMask);
     if (iova !== 0 && this.domain.map(iova, pfn, pages) === 0) return dmaAddrOf(iova, offset);
     if (iova !== 0) this.iovad.freeIovaFast(iova, pages);
-    this.#log.prWarn(`Device ${dev.name} request: ${hex(size)}@${hex(pfn * PAGE_SIZE + offset)} dir ${dir} --- failed`);
+    this.log.prWarn(`Device ${dev.name} request: ${hex(size)}@${hex(pfn * PAGE_SIZE + offset)} dir ${dir} --- failed`);
     return DMA_MAPPING_ERROR;
   }
 
@@ -167,23 +135,9 @@ export class IntelIommu2016Domain {
     this.#unmap(sg.dmaPage(0), nrpages);
   }
 
-  /** The deferred flush timer fires (lazy mode); false when nothing was armed. */
-  flushTimeout(): boolean {
-    return this.fq?.timeout() ?? false;
-  }
-
-  destroy(): void {
-    this.fq?.destroy();
-    this.iovad.destroy();
-  }
-
   /** intel_unmap (4.14). */
   #unmap(pfn: number, nrpages: number): void {
     this.domain.unmap(pfn, nrpages);
-    if (this.fq !== undefined) this.fq.queue(pfn, nrpages);
-    else {
-      this.domain.iotlbSync();
-      this.iovad.freeIovaFast(pfn, nrpages);
-    }
+    this.releaseIova(pfn, nrpages);
   }
 }
