@@ -1,6 +1,7 @@
 import "reflect-metadata";
 export * from "./address/address.js";
 export * from "./address/range.js";
+export * from "./address/typed-slab.js";
 export * from "./errors/errno.js";
 export * from "./errors/kernel-error.js";
 export * from "./events/emitter.js";

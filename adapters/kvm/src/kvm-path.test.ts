@@ -151,6 +151,28 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     expect(host.kernel.warnings).to.deep.equal([]);
   });
 
+  it("maps a single frame with dma_map_page and a list with dma_map_sg, and unmaps each the way it was mapped", async () => {
+    const { host, parent, platform } = stack;
+    const vm = await platform.createVm({ name: "vm2", ramBytes: 64n << 20n });
+    const vgpu = (await vm.addVgpu(new MapperVendor(), "mapper", "vgpu2")) as MapperVgpu;
+    const s = vgpu.services;
+    const one = s.translate({ start: 0x300, npages: 1 }, { prot: IOMMU_READ | IOMMU_WRITE, device: s.parentDevice });
+    const list = s.translate([0x400, 0x401], { prot: IOMMU_READ, device: s.parentDevice });
+    expect({ singles: parent.singles.count, lists: parent.liveScatterlists }).to.deep.equal({ singles: 1, lists: 1 });
+    expect([...one.dmaAddrs!]).to.deep.equal([0xfffff000n]);
+    expect(one.segments).to.deep.equal({ count: 1, addr: BigUint64Array.of(0xfffff000n), length: Float64Array.of(4096) });
+    // Two granules, size-aligned: the pair at 0xffffe holds the single page, so 0xffffc.
+    expect([...list.dmaAddrs!]).to.deep.equal([0xffffc000n, 0xffffd000n]);
+    expect(parent.iommu!.domain.iovaToPfn(0xfffff)).to.equal(one.pfns[0]);
+    s.release(one.handle);
+    expect({ singles: parent.singles.count, lists: parent.liveScatterlists }).to.deep.equal({ singles: 0, lists: 1 });
+    s.release(list.handle);
+    expect({ singles: parent.singles.count, lists: parent.liveScatterlists, mapped: parent.iommu!.domain.mappedPages }).to.deep.equal({ singles: 0, lists: 0, mapped: 0 });
+    await vm.shutdown();
+    expect(host.phys.totalPins).to.equal(0);
+    expect(host.kernel.warnings).to.deep.equal([]);
+  });
+
   it("maps for the parent in each DMA mode: merged in dma-iommu, one segment per frame in intel-2016 and direct", async () => {
     const segments: Record<string, number> = {};
     for (const dmaMode of ["dma-iommu", "intel-2016", "direct"] as const) {

@@ -185,33 +185,32 @@ export class DmaIommuDomain extends IovaOps {
       sg.invalidate(nents);
       return ret === -ERRNO.ENOMEM || ret === -ERRNO.EREMOTEIO ? ret : -ERRNO.EINVAL;
     }
-    return wholePages ? this.#finaliseWholePages(dev, sg, nents, iova) : this.#finalise(dev, sg, nents, iova);
+    return wholePages && dev.maxSegmentSize >= GRANULE ? this.#finaliseWholePages(dev, sg, nents, iova) : this.#finalise(dev, sg, nents, iova);
   }
 
   /**
    * __finalise_sg for a list of whole pages (offset 0, a granule each): every
-   * entry starts on a granule and ends on its end, so an entry joins the open
-   * segment unless the address is on a boundary or the segment is full.
+   * entry starts on a granule and ends on its end, so a segment runs until the
+   * next segment boundary or until max_segment_size is full; it is written
+   * once per segment. Needs max_segment_size >= a granule (below that the
+   * kernel's unsigned arithmetic lets entries join, which only #finalise models).
    */
   #finaliseWholePages(dev: DmaDevice, sg: Scatterlist, nents: number, iova: number): number {
     const boundaryPages = dev.segmentBoundaryPages;
-    const maxLen = dev.maxSegmentSize;
-    sg.dmaAddrHi.fill(0xffff_ffff, 0, nents);
-    sg.dmaAddrLo.fill(0xffff_ffff, 0, nents);
-    sg.dmaLength.fill(0, 0, nents);
-    let cur = -1;
-    let curLen = 0;
-    for (let i = 0, page = iova; i < nents; i++, page++) {
-      if (curLen !== 0 && page % boundaryPages !== 0 && (maxLen - curLen) >>> 0 >= GRANULE) curLen += GRANULE;
-      else {
-        cur++;
-        curLen = GRANULE;
-        sg.dmaAddrHi[cur] = dmaHiOf(page);
-        sg.dmaAddrLo[cur] = dmaLoOf(page, 0);
-      }
-      sg.dmaLength[cur] = curLen;
+    const perSegment = Math.floor(dev.maxSegmentSize / GRANULE);
+    let cur = 0;
+    for (let i = 0, page = iova; i < nents; cur++) {
+      const pages = Math.min(nents - i, perSegment, boundaryPages - (page % boundaryPages));
+      sg.dmaAddrHi[cur] = dmaHiOf(page);
+      sg.dmaAddrLo[cur] = dmaLoOf(page, 0);
+      sg.dmaLength[cur] = pages * GRANULE;
+      i += pages;
+      page += pages;
     }
-    return cur + 1;
+    sg.dmaAddrHi.fill(0xffff_ffff, cur, nents);
+    sg.dmaAddrLo.fill(0xffff_ffff, cur, nents);
+    sg.dmaLength.fill(0, cur, nents);
+    return cur;
   }
 
   /** iommu_dma_unmap_sg: one IOVA range, first segment to the end of the last non-empty one. */

@@ -20,6 +20,7 @@
  */
 import { DMA_ERROR_HALF, dmaAddrFromHalves, dmaPageOfHalves } from "./dma-addr.js";
 import { PAGE_SIZE } from "../address/address.js";
+import { u32Columns } from "../address/typed-slab.js";
 
 export class Scatterlist {
   readonly origNents: number;
@@ -40,14 +41,8 @@ export class Scatterlist {
   constructor(nents: number) {
     if (!(Number.isInteger(nents) && nents >= 1)) throw new RangeError(`a scatterlist needs at least one entry, got ${nents}`);
     this.origNents = nents;
-    // One backing store for the six columns: a list is allocated per map call.
-    const buffer = new ArrayBuffer(nents * 24);
-    this.page = new Uint32Array(buffer, 0, nents);
-    this.offset = new Uint32Array(buffer, nents * 4, nents);
-    this.length = new Uint32Array(buffer, nents * 8, nents);
-    this.dmaAddrHi = new Uint32Array(buffer, nents * 12, nents);
-    this.dmaAddrLo = new Uint32Array(buffer, nents * 16, nents);
-    this.dmaLength = new Uint32Array(buffer, nents * 20, nents);
+    // One region for the six columns, carved from a slab: a list is allocated per map call.
+    [this.page, this.offset, this.length, this.dmaAddrHi, this.dmaAddrLo, this.dmaLength] = u32Columns(6, nents) as [Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array, Uint32Array];
   }
 
   /** One full page per frame, unmerged (the sg list a vendor builds from pinned pages). */

@@ -29,6 +29,7 @@ import type { GuestPinPort } from "../hypervisor/guest-pin-port.js";
 import { VfioError } from "../errors/kernel-error.js";
 import { IOMMU_READ, IOMMU_WRITE } from "../vfio/type1/vfio-dma.js";
 import { PAGE_SIZE } from "../address/address.js";
+import { f64Array, u32Array } from "../address/typed-slab.js";
 
 /** Guest frames: a contiguous range, or an arbitrary list of frame numbers. */
 export type FrameSpec = { readonly start: number; readonly npages: number } | ArrayLike<number>;
@@ -57,6 +58,7 @@ export interface Translation {
 /** A device translation; per-frame addresses cost a bigint each, so they are derived from the segments only when read. */
 class DeviceTranslation implements Translation {
   #dmaAddrs: BigUint64Array | undefined;
+  #segments: Translation["segments"];
 
   constructor(
     readonly handle: TranslationHandle,
@@ -64,9 +66,13 @@ class DeviceTranslation implements Translation {
     private readonly mapping: DeviceMapping,
   ) {}
 
-  get segments(): { readonly count: number; readonly addr: BigUint64Array; readonly length: Float64Array } {
+  get segments(): NonNullable<Translation["segments"]> {
     const m = this.mapping;
-    return { count: m.count, addr: m.segAddr.subarray(0, m.count), length: m.segLength.subarray(0, m.count) };
+    return (this.#segments ??= {
+      count: m.count,
+      addr: m.segAddr.length === m.count ? m.segAddr : m.segAddr.subarray(0, m.count),
+      length: m.segLength.length === m.count ? m.segLength : m.segLength.subarray(0, m.count),
+    });
   }
 
   get dmaAddrs(): BigUint64Array {
@@ -181,13 +187,10 @@ export class TranslateApi extends Observable<TranslateEvents> {
   translate(vdev: VgpuIdentity, frames: FrameSpec, options: TranslateOptions): Translation {
     const prot = options.prot;
     if (!Number.isInteger(prot) || prot === 0 || (prot & ~(IOMMU_READ | IOMMU_WRITE)) !== 0) throw new VfioError("EINVAL", "translate-bad-prot", { prot });
-    const gfns = normalizeFrames(frames);
+    const gfns = normalizeFrames(frames, this.adapter.capabilities().maxPinPerCall);
     const n = gfns.length;
-    if (n === 0) throw new VfioError("EINVAL", "translate-no-frames");
-    const caps = this.adapter.capabilities();
-    if (n > caps.maxPinPerCall) throw new VfioError("E2BIG", "translate-too-many-frames", { npages: n, max: caps.maxPinPerCall });
     const pins = this.adapter.guestPins(vdev);
-    const pfns = new Uint32Array(n);
+    const pfns = u32Array(n);
     const write = (prot & IOMMU_WRITE) !== 0;
     pins.pin(gfns, n, write, pfns);
     let mapping: DeviceMapping | undefined;
@@ -286,24 +289,30 @@ export class TranslateApi extends Observable<TranslateEvents> {
 /** Guest frame numbers as 4 bytes each while they fit (they do below 16 TiB of guest space), 8 otherwise. */
 type GfnList = Uint32Array | Float64Array;
 
-function normalizeFrames(frames: FrameSpec): GfnList {
+/** The frames as a list, counted before anything is read or allocated (vfio_pin_pages checks npage, then the pages). */
+function normalizeFrames(frames: FrameSpec, max: number): GfnList {
   if (frames === null || typeof frames !== "object") throw new VfioError("EINVAL", "translate-bad-frames");
-  if ("npages" in frames && "start" in frames && !("length" in frames)) {
-    const { start, npages } = frames;
-    if (!Number.isSafeInteger(start) || start < 0 || !Number.isSafeInteger(npages) || npages < 0) throw new VfioError("EINVAL", "translate-bad-frames");
-    const out = start + npages <= 0x1_0000_0000 ? new Uint32Array(npages) : new Float64Array(npages);
-    for (let i = 0; i < npages; i++) out[i] = start + i;
+  const range = "npages" in frames && "start" in frames && !("length" in frames);
+  const n = range ? frames.npages : frames.length;
+  if (typeof n !== "number" || !Number.isSafeInteger(n) || n < 0) throw new VfioError("EINVAL", "translate-bad-frames");
+  if (n === 0) throw new VfioError("EINVAL", "translate-no-frames");
+  if (n > max) throw new VfioError("E2BIG", "translate-too-many-frames", { npages: n, max });
+  if (range) {
+    const start = frames.start;
+    if (!Number.isSafeInteger(start) || start < 0) throw new VfioError("EINVAL", "translate-bad-frames");
+    const out = start + n <= 0x1_0000_0000 ? u32Array(n) : f64Array(n);
+    for (let i = 0; i < n; i++) out[i] = start + i;
     return out;
   }
-  const list = frames as ArrayLike<number>;
-  if (typeof list.length !== "number") throw new VfioError("EINVAL", "translate-bad-frames");
   let wide = false;
-  for (let i = 0; i < list.length; i++) {
-    const g = list[i]!;
+  for (let i = 0; i < n; i++) {
+    const g = frames[i]!;
     if (!Number.isSafeInteger(g) || g < 0) throw new VfioError("EINVAL", "translate-bad-frames", { index: i });
     if (g >= 0x1_0000_0000) wide = true;
   }
-  return wide ? Float64Array.from(list) : Uint32Array.from(list);
+  const out = wide ? f64Array(n) : u32Array(n);
+  out.set(frames);
+  return out;
 }
 
 function touches(gfns: GfnList, first: number, end: number): boolean {

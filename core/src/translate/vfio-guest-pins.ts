@@ -5,8 +5,7 @@
  */
 import type { GuestPinPort } from "../hypervisor/guest-pin-port.js";
 import type { VfioDevice } from "../vfio/vfio-device.js";
-import { vfioPinPages, vfioUnpinPages, IOMMU_READ, IOMMU_WRITE } from "../vfio/vendor-api.js";
-import { addrOfPage, type Iova } from "../address/address.js";
+import { vfioPinPageRange, vfioUnpinPageRange, IOMMU_READ, IOMMU_WRITE } from "../vfio/vendor-api.js";
 
 export class VfioGuestPins implements GuestPinPort {
   constructor(readonly vdev: VfioDevice) {}
@@ -17,7 +16,7 @@ export class VfioGuestPins implements GuestPinPort {
     try {
       while (done < n) {
         const run = runLength(gfns, done, n);
-        vfioPinPages(this.vdev, addrOfPage(gfns[done]!) as Iova, run, prot, out.subarray(done, done + run));
+        vfioPinPageRange(this.vdev, gfns[done]!, run, prot, out, done);
         done += run;
       }
     } catch (e) {
@@ -29,7 +28,7 @@ export class VfioGuestPins implements GuestPinPort {
   unpin(gfns: ArrayLike<number>, n: number): void {
     for (let done = 0; done < n; ) {
       const run = runLength(gfns, done, n);
-      vfioUnpinPages(this.vdev, addrOfPage(gfns[done]!) as Iova, run);
+      vfioUnpinPageRange(this.vdev, gfns[done]!, run);
       done += run;
     }
   }

@@ -12,7 +12,7 @@
  * the host's KernelLog.
  */
 import { VfioError } from "../errors/kernel-error.js";
-import type { Iova } from "../address/address.js";
+import { pageOf, type Iova } from "../address/address.js";
 import type { Process } from "../host/process.js";
 import type { VfioDevice } from "./vfio-device.js";
 import type { DmaUnmapNotifier, Type1Iommu } from "./type1/type1-iommu.js";
@@ -27,6 +27,15 @@ function backend(vdev: VfioDevice): Type1Iommu | undefined {
 
 /** vfio_pin_pages(vdev, iova, npage, prot, pages): pins and fills `pages` with host frames; returns npage. */
 export function vfioPinPages(vdev: VfioDevice, iova: Iova, npage: number, prot: number, pages: Uint32Array): number {
+  return vfioPinPageRange(vdev, pageOf(iova), npage, prot, pages, 0);
+}
+
+/**
+ * vfio_pin_pages as a C caller makes it mid-list: the IOVA as a page number
+ * and the output at `&pages[at]`, so a caller pinning run after run builds no
+ * u64 and no sub-array per run. Same checks, in the same order.
+ */
+export function vfioPinPageRange(vdev: VfioDevice, iovaPage: number, npage: number, prot: number, pages: Uint32Array, at: number): number {
   const iommu = backend(vdev);
   if (!(pages instanceof Uint32Array) || !Number.isInteger(npage) || npage <= 0) throw new VfioError("EINVAL", "pin-bad-arguments", { npage });
   if (vdev.kernel.warnOn(!vdev.isOpen, "vfio_pin_pages", "device not open", { device: vdev.name })) throw new VfioError("EINVAL", "pin-device-not-open");
@@ -34,18 +43,23 @@ export function vfioPinPages(vdev: VfioDevice, iova: Iova, npage: number, prot: 
   if (vdev.container === undefined) throw new VfioError("EINVAL", "pin-no-container");
   if (npage > VFIO_PIN_PAGES_MAX_ENTRIES) throw new VfioError("E2BIG", "pin-too-many-pages", { npage });
   if (iommu === undefined) throw new VfioError("ENOTTY", "pin-no-iommu-driver");
-  if (pages.length < npage) throw new VfioError("EFAULT", "pin-output-too-short", { npage, length: pages.length });
-  return iommu.pinPages(vdev, iova, npage, prot, pages);
+  if (pages.length - at < npage) throw new VfioError("EFAULT", "pin-output-too-short", { npage, length: pages.length - at });
+  return iommu.pinPages(vdev, iovaPage, npage, prot, pages, at);
 }
 
 /** vfio_unpin_pages(vdev, iova, npage): void; misuse is a WARN, never an error. */
 export function vfioUnpinPages(vdev: VfioDevice, iova: Iova, npage: number): void {
+  vfioUnpinPageRange(vdev, pageOf(iova), npage);
+}
+
+/** vfio_unpin_pages with the IOVA as a page number. */
+export function vfioUnpinPageRange(vdev: VfioDevice, iovaPage: number, npage: number): void {
   const iommu = backend(vdev);
   if (vdev.kernel.warnOn(!vdev.isOpen, "vfio_unpin_pages", "device not open", { device: vdev.name })) return;
   if (vdev.kernel.warnOn(vdev.dmaUnmap === undefined, "vfio_unpin_pages", "device has no dma_unmap", { device: vdev.name })) return;
   if (iommu === undefined) return;
   if (vdev.kernel.warnOn(!Number.isInteger(npage) || npage <= 0 || npage > VFIO_PIN_PAGES_MAX_ENTRIES, "vfio_unpin_pages", "bad npage", { npage })) return;
-  iommu.unpinPages(vdev, iova, npage);
+  iommu.unpinPages(vdev, iovaPage, npage);
 }
 
 /** vfio_dma_rw: copies `data.length` bytes at `iova`; `current` undefined is a kthread. */

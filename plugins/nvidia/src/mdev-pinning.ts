@@ -253,7 +253,8 @@ export class MdevPinning {
     const t = this.services.translate(gfns, { prot: PROT, device: this.services.parentDevice });
     this.counters.translations++;
     const seg = t.segments;
-    const dma = t.dmaAddrs;
+    // Per-frame addresses are derived on read: only taken where there are no segments.
+    const dma = seg === undefined ? t.dmaAddrs : undefined;
     if ((seg === undefined && dma === undefined) || t.pfns.length !== gfns.length) {
       this.#release(t.handle);
       this.emit("warned", { vgpu: this.vgpu, site: "nv_create_dma_mappings", details: { requested: gfns.length, pinned: t.pfns.length } });

@@ -790,17 +790,16 @@ export class Type1Iommu extends Observable<Type1Events> {
 
   // ---------------------------------------------------------------- vendor pinning
 
-  /** vfio_iommu_type1_pin_pages (contiguous-IOVA form, Gen C/D). Returns npage. */
-  pinPages(device: Type1Device, iova: bigint, npage: number, prot: number, pages: Uint32Array): number {
+  /** vfio_iommu_type1_pin_pages (contiguous-IOVA form, Gen C/D) from IOVA page `startPage`, host frames into `pages[at..]`. Returns npage. */
+  pinPages(device: Type1Device, startPage: number, npage: number, prot: number, pages: Uint32Array, at: number): number {
     if (!this.v2) fail("EACCES", "pin-on-type1-v1");
     return this.#withLock(() => {
       if (this.#log.warnOnce(this.vaddrInvalidCount !== 0, "vfio_pin_pages", "vfio_pin_pages not allowed with VFIO_UPDATE_VADDR")) fail("EBUSY", "pin-while-vaddr-invalid");
       if (this.devices.length === 0) fail("EINVAL", "pin-without-dma-unmap-device");
-      const startPage = pageOf(iova);
-      let newPins = this.#pinNewRange(startPage, npage, prot, pages);
+      let newPins = this.#pinNewRange(startPage, npage, prot, pages, at);
       if (newPins < 0) {
         const iovaAt = (i: number): number => startPage + i;
-        newPins = this.#pinLoop(npage, prot, pages, iovaAt);
+        newPins = this.#pinLoop(npage, prot, pages, at, iovaAt);
       }
       this.#promoteDirtyScope(device.group);
       if (this.hasListeners("pagesPinned")) this.emit("pagesPinned", { device: device.name, iova: addrOfPage(startPage), npage, newPins });
@@ -814,7 +813,7 @@ export class Type1Iommu extends Observable<Type1Events> {
     return this.#withLock(() => {
       if (this.#log.warnOnce(this.vaddrInvalidCount !== 0, "vfio_pin_pages", "vfio_pin_pages not allowed with VFIO_UPDATE_VADDR")) fail("EBUSY", "pin-while-vaddr-invalid");
       if (!this.hasEmulated || this.notifiers.length === 0) fail("EINVAL", "pin-without-notifier");
-      const newPins = this.#pinLoop(npage, prot, physPfns, (i) => userPfns[i]!);
+      const newPins = this.#pinLoop(npage, prot, physPfns, 0, (i) => userPfns[i]!);
       this.#promoteDirtyScope(device.group);
       if (this.hasListeners("pagesPinned")) this.emit("pagesPinned", { device: device.name, iova: addrOfPage(userPfns[0]!), npage, newPins });
       return npage;
@@ -832,7 +831,7 @@ export class Type1Iommu extends Observable<Type1Events> {
    * Returns the new pins, or -1 without changing anything when it does not
    * apply; the page-by-page loop then runs and reports any error.
    */
-  #pinNewRange(startPage: number, npage: number, prot: number, pages: Uint32Array): number {
+  #pinNewRange(startPage: number, npage: number, prot: number, pages: Uint32Array, at: number): number {
     const scratch = this.#pinScratch;
     if (npage > scratch.length || this.#faults.armed || this.hasListeners("lockedVmCharged")) return -1;
     const dma = this.findDma(startPage, 1);
@@ -853,7 +852,7 @@ export class Type1Iommu extends Observable<Type1Events> {
     for (let i = 0; i < npage; i++) {
       const pfn = scratch[i]!;
       dma.addVpfn(index + i, pfn);
-      pages[i] = pfn;
+      pages[at + i] = pfn;
       if (!phys.isInvalidOrReserved(pfn)) counted++;
     }
     if (this.dirtyPageTracking) {
@@ -866,7 +865,7 @@ export class Type1Iommu extends Observable<Type1Events> {
   }
 
   /** The shared body of both pin forms: all or nothing. Returns how many IOVAs got a new pin. */
-  #pinLoop(npage: number, prot: number, pages: Uint32Array, iovaAt: (i: number) => number): number {
+  #pinLoop(npage: number, prot: number, pages: Uint32Array, at: number, iovaAt: (i: number) => number): number {
     const doAccounting = this.domains.length === 0;
     let newPins = 0;
     let i = 0;
@@ -886,7 +885,7 @@ export class Type1Iommu extends Observable<Type1Events> {
       }
       const index = page - dma.iovaPage;
       if (dma.refsAt(index) !== 0) {
-        pages[i] = dma.getVpfn(index);
+        pages[at + i] = dma.getVpfn(index);
         continue;
       }
       const ret = this.#pinPageExternal(dma, index, doAccounting, gup);
@@ -906,15 +905,15 @@ export class Type1Iommu extends Observable<Type1Events> {
       }
       dma.addVpfn(index, pfn);
       newPins++;
-      pages[i] = pfn;
+      pages[at + i] = pfn;
       if (this.dirtyPageTracking) setBit(dma.bitmap!, Math.floor(index / this.#pgsizePages));
     }
     if (err === undefined) return newPins;
-    pages[i] = 0;
+    pages[at + i] = 0;
     for (let j = 0; j < i; j++) {
       const page = iovaAt(j);
       this.#unpinPageExternal(this.findDma(page, 1)!, page, doAccounting);
-      pages[j] = 0;
+      pages[at + j] = 0;
     }
     throw err;
   }
@@ -998,13 +997,12 @@ export class Type1Iommu extends Observable<Type1Events> {
   }
 
   /** vfio_iommu_type1_unpin_pages (Gen C): void; a page outside every mapping stops the loop with a WARN. */
-  unpinPages(device: Type1Device, iova: bigint, npage: number): void {
+  unpinPages(device: Type1Device, startPage: number, npage: number): void {
     if (this.#log.warnOn(!this.v2, "vfio_unpin_pages", "unpin on a type1 v1 container")) return;
     let released = 0;
     let i = 0;
     this.#withLock(() => {
       const doAccounting = this.domains.length === 0;
-      const startPage = pageOf(iova);
       const inRange = this.#unpinRange(startPage, npage);
       if (inRange >= 0) {
         released = inRange;
@@ -1022,8 +1020,8 @@ export class Type1Iommu extends Observable<Type1Events> {
         released += before - dma.vpfnCount;
       }
     });
-    this.#log.warnOn(i !== npage, "vfio_unpin_pages", "unpin outside every mapping", { iova, npage, done: i });
-    if (this.hasListeners("pagesUnpinned")) this.emit("pagesUnpinned", { device: device.name, iova, npage, released });
+    if (i !== npage) this.#log.warnOn(true, "vfio_unpin_pages", "unpin outside every mapping", { iova: addrOfPage(startPage), npage, done: i });
+    if (this.hasListeners("pagesUnpinned")) this.emit("pagesUnpinned", { device: device.name, iova: addrOfPage(startPage), npage, released });
   }
 
   /** Gen A/B vfio_unpin_pages: returns the count unpinned, or throws -EINVAL when none could be. */
