@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import fc from "fast-check";
 import { ERRNO } from "../errors/errno.js";
 import { DMA_MAPPING_ERROR, DmaDirection, dmaBitMask } from "./dma-addr.js";
 import { DmaIommuDomain } from "./dma-iommu.js";
@@ -256,6 +257,34 @@ describe("dma-api/dma-iommu: dma_map_sg and __finalise_sg", () => {
     expect([big.dmaAddress(0), big.dmaLength[0]]).to.deep.equal([0xfffe0000n, 0x20000]);
     dmaUnmapSg(env.dev, big, 32, BIDI);
     env.check();
+  });
+
+  it("whole-page lists: segments are exactly __finalise_sg's entry-by-entry result for any boundary and max_segment_size", () => {
+    // The kernel's loop over whole-page entries, written out: join unless on a boundary or full (unsigned arithmetic).
+    const oracle = (iovaPage: number, n: number, boundaryPages: number, maxLen: number): [number, number][] => {
+      const out: [number, number][] = [];
+      let curLen = 0;
+      for (let i = 0, page = iovaPage; i < n; i++, page++) {
+        if (curLen !== 0 && page % boundaryPages !== 0 && (maxLen - curLen) >>> 0 >= 4096) curLen += 4096;
+        else out.push([page, (curLen = 4096)]);
+        out[out.length - 1]![1] = curLen;
+      }
+      return out;
+    };
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 96 }), fc.integer({ min: 12, max: 20 }), fc.integer({ min: 1024, max: 200_000 }), (n, boundaryShift, maxLen) => {
+        dmaSetSegBoundary(env.dev, (1n << BigInt(boundaryShift)) - 1n);
+        dmaSetMaxSegSize(env.dev, maxLen);
+        const sg = Scatterlist.fromPages(Array.from({ length: n }, () => env.frame()));
+        const count = dmaMapSg(env.dev, sg, n, BIDI);
+        const got = Array.from({ length: count }, (_, k) => [sg.dmaPage(k), sg.dmaLength[k]!]);
+        expect(got).to.deep.equal(oracle(sg.dmaPage(0), n, 1 << (boundaryShift - 12), maxLen));
+        for (let k = count; k < n; k++) expect([sg.isMappingError(k), sg.dmaLength[k]]).to.deep.equal([true, 0]);
+        dmaUnmapSg(env.dev, sg, n, BIDI);
+        env.check();
+      }),
+      { numRuns: 60, seed: 7 },
+    );
   });
 
   it("layout: an entry that would cross the boundary pads the previous one up to it (the padding maps the frames after it)", () => {
