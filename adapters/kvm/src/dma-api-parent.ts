@@ -58,7 +58,7 @@ export class DmaApiParent implements ParentDeviceMapper {
   }
 
   get dmaMaskBits(): number {
-    return this.dev.dmaMask.toString(2).length;
+    return this.dev.dmaMaskBits;
   }
 
   get lazyFlush(): boolean {

@@ -38,6 +38,8 @@ export interface KvmAdapterOptions {
 export class KvmAdapter implements HypervisorAdapter {
   readonly #parents = new Map<DeviceHandle, ParentDeviceMapper>();
   readonly #listeners = new Set<(inv: GuestInvalidation) => void>();
+  /** One pin port per vGPU device, made on its first translation. */
+  readonly #pins = new WeakMap<VfioDevice, VfioGuestPins>();
 
   constructor(readonly options: KvmAdapterOptions) {
     if (options.parents.length === 0) throw new RangeError("a KVM adapter needs at least one parent device");
@@ -67,7 +69,9 @@ export class KvmAdapter implements HypervisorAdapter {
   }
 
   guestPins(vdev: unknown): GuestPinPort {
-    return new VfioGuestPins(vdev as VfioDevice);
+    let pins = this.#pins.get(vdev as VfioDevice);
+    if (pins === undefined) this.#pins.set(vdev as VfioDevice, (pins = new VfioGuestPins(vdev as VfioDevice)));
+    return pins;
   }
 
   mapForDevice(device: DeviceHandle, frames: Uint32Array, n: number, write: boolean): DeviceMapping {

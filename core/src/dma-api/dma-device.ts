@@ -92,6 +92,7 @@ export class DmaDevice {
   #segmentBoundaryMask: bigint;
   #dmaLimit = 0n;
   #dmaLimitNumber = 0;
+  #dmaMaskBits = 0;
   #boundaryBytes = 0;
   #boundaryPages = 0;
 
@@ -122,6 +123,11 @@ export class DmaDevice {
 
   get dmaMask(): bigint {
     return this.#dmaMask;
+  }
+
+  /** Significant bits of the DMA mask (64 for DMA_BIT_MASK(64)). */
+  get dmaMaskBits(): number {
+    return this.#dmaMaskBits;
   }
 
   get coherentDmaMask(): bigint {
@@ -199,6 +205,7 @@ export class DmaDevice {
   }
 
   #updateLimit(): void {
+    this.#dmaMaskBits = this.#dmaMask.toString(2).length;
     this.#dmaLimit = minNotZero(this.#dmaMask, this.#busDmaLimit);
     this.#dmaLimitNumber = Number(this.#dmaLimit);
   }

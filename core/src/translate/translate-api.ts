@@ -320,8 +320,9 @@ function touches(gfns: GfnList, first: number, end: number): boolean {
   return false;
 }
 
-/** The device address of each page-sized frame, walking the segments in order. */
+/** The device address of each page-sized frame, walking the segments in order (one segment per frame: the segments themselves). */
 function frameAddresses(mapping: DeviceMapping, n: number): BigUint64Array {
+  if (mapping.count === n && mapping.segAddr.length === n) return mapping.segAddr;
   const out = new BigUint64Array(n);
   let seg = 0;
   let used = 0;

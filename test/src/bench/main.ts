@@ -12,6 +12,9 @@ import { measureScale, runScaleChild } from "./scale.js";
 import { measureGpaToHpa, measureIovaAllocFree, measureMapForDevice } from "./translate-cases.js";
 import { formatJson, formatTable, result, type CaseResult } from "./result.js";
 import { runXenBench } from "@vgpu-iommu/adapter-xen";
+import { GET_IOVA_TARGET_NS_PER_PAGE, measureGetIova512, type FrameOrder } from "@vgpu-iommu/plugin-nvidia";
+import { GVT_GGTT_WRITE_TARGET_NS, measureGvtGgttWrite, measureGvtPluginOnly } from "./gvt-cases.js";
+import { nvidiaKvmBenchSetup } from "../support/nvidia-stack.js";
 
 const GUEST_BYTES = 16n << 30n;
 const GUEST_PAGES = Number(GUEST_BYTES >> 12n);
@@ -32,6 +35,8 @@ const TARGETS = {
   "iova.alloc-free.65536": 500,
   "xen.pviommu.map.4k": 60,
   "xen.swiotlb.map-sg.4k": 80,
+  "gvt.ggtt-write": GVT_GGTT_WRITE_TARGET_NS,
+  "nvidia.get-iova.512": GET_IOVA_TARGET_NS_PER_PAGE,
 } as const;
 
 interface Args {
@@ -70,6 +75,7 @@ async function main(): Promise<void> {
   if (wanted("type1.map-dma.4k") || wanted("type1.unmap-dma.4k")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "scattered-4k", 2, true);
   if (wanted("type1.map-dma.thp")) await measureMapUnmap(WARMUP_BYTES, 1n << 30n, "thp", 2, true);
   if (wanted("type1.pin-pages.4k") || wanted("type1.unpin-pages.4k") || wanted("type1.state")) await measurePinUnpin(WARMUP_BYTES, 1n << 30n, 2, true);
+  if (wanted("translate.map-for-device")) await measureMapForDevice(WARMUP_BYTES, 1);
 
   const base = runBaseline(GUEST_PAGES);
   if (wanted("baseline.")) {
@@ -112,6 +118,18 @@ async function main(): Promise<void> {
       const name = c.case as keyof typeof TARGETS;
       emit(result(c.case, c.unit, { value: c.value, ...(c.runs === undefined ? {} : { runs: c.runs }), ...(c.note === undefined ? {} : { note: c.note }) }, TARGETS[name], base.pin));
     }
+  }
+
+  if (wanted("gvt.")) {
+    if (wanted("gvt.ggtt-write")) emit(result("gvt.ggtt-write", "ns/write", await measureGvtGgttWrite(args.reps), TARGETS["gvt.ggtt-write"]));
+    if (wanted("gvt.ggtt-write.plugin-only")) emit(result("gvt.ggtt-write.plugin-only", "ns/write", await measureGvtPluginOnly(args.reps)));
+  }
+  // GET_IOVA of 512 arbitrary guest frames (shuffled: one pin call per frame on 6.x VFIO), and of batches with contiguous runs.
+  const orders: [string, FrameOrder][] = [["nvidia.get-iova.512", "shuffled"], ["nvidia.get-iova.512.runs16", "runs16"], ["nvidia.get-iova.512.sequential", "sequential"]];
+  for (const [name, order] of orders) {
+    if (!wanted(name)) continue;
+    const m = await measureGetIova512(nvidiaKvmBenchSetup(2n << 30n), { reps: args.reps, order });
+    emit(result(name, "ns/page", m, TARGETS["nvidia.get-iova.512"], base.pin));
   }
 
   if (!args.json) process.stdout.write(formatTable(results) + "\n");
