@@ -29,6 +29,7 @@ export * from "./vfio/type1/type1-invariants.js";
 export * from "./hypervisor/hypervisor-adapter.js";
 export * from "./hypervisor/guest-pin-port.js";
 export * from "./translate/vfio-guest-pins.js";
+export * from "./translate/device-iova.js";
 export * from "./translate/translate-api.js";
 export * from "./plugins/plugin-manifest.js";
 export * from "./plugins/plugin-graph.js";

@@ -12,7 +12,7 @@
  * The adapter keeps the parents it was given; a handle it does not know is
  * -ENODEV. It owns no other state: translations live in the core.
  */
-import { KernelError, VfioGuestPins, type DeviceHandle, type DeviceMapping, type Disposable, type GuestInvalidation, type GuestPinPort, type HypervisorAdapter, type HypervisorCapabilities, type VfioDevice } from "@vgpu-iommu/core";
+import { KernelError, VfioGuestPins, apertureOfMask, type DeviceHandle, type DeviceMapping, type Disposable, type GuestInvalidation, type GuestPinPort, type HypervisorAdapter, type HypervisorCapabilities, type VfioDevice } from "@vgpu-iommu/core";
 import type { KvmGeneration } from "./kvm-vm.js";
 
 /** What the adapter needs of the host DMA API on one parent device. */
@@ -51,15 +51,19 @@ export class KvmAdapter implements HypervisorAdapter {
     return this.options.parents[0]!.handle;
   }
 
-  capabilities(): HypervisorCapabilities {
-    const p = this.options.parents[0]!;
+  /** The default parent's DMA mode, or that of the parent named. */
+  capabilities(device?: DeviceHandle): HypervisorCapabilities {
+    const p = device === undefined ? this.options.parents[0]! : this.#parents.get(device);
+    if (p === undefined) throw new KernelError("ENODEV", "device-not-registered", { device: device?.name });
+    const bits = p.dmaMaskBits;
     return {
       addressModel: "host-dma-api",
       coreChoosesIova: false,
       mergesSegments: p.mergesSegments,
       maxSegmentSize: p.maxSegmentSize,
       segmentBoundaryMask: p.segmentBoundaryMask,
-      dmaMaskBits: p.dmaMaskBits,
+      dmaMaskBits: bits,
+      iovaAperture: apertureOfMask(bits),
       maxPinPerCall: 512,
       maxOpsPerBatch: 512,
       flushModel: p.lazyFlush ? "explicit" : "per-call",

@@ -1,9 +1,11 @@
 /**
  * The Xen adapter's bench cases, run by the lead's `npm run bench`:
  * - `xen.pviommu.map.4k`: ns per page to map 16 GiB of pinned guest frames
- *   (scattered 4 KiB frames) for a device through the 2024 PV-IOMMU
- *   (XenAdapter.mapForDevice in calls of 512 frames: DFN allocation, map_pages
- *   of 256 pages with a flush per call, the per-frame addresses);
+ *   (scattered 4 KiB frames) for a device through the 2024 PV-IOMMU, in calls
+ *   of 512 frames as the core makes them: the core's DFN placement
+ *   (DeviceAddressSpaces.placeIova, one per call), then XenAdapter.mapForDevice
+ *   at that DFN (map_pages of 256 pages with a flush per call, the per-frame
+ *   addresses); unmapping frees the placement after the adapter's unmap;
  * - `xen.swiotlb.map-sg.4k`: ns per page to map the same through swiotlb-xen
  *   on a PV Dom0 (XenAdapter.mapForDevice: a scatterlist per call, map_sg
  *   entry by entry, the per-frame addresses), for a 64-bit device, so nothing
@@ -13,7 +15,7 @@
  * flushes, addresses a device reaches), so a fast wrong answer fails the bench
  * instead of scoring; the value is the median of the repetitions.
  */
-import { createHost, type DeviceHandle } from "@vgpu-iommu/core";
+import { DeviceAddressSpaces, createHost, type DeviceHandle } from "@vgpu-iommu/core";
 import { Xen } from "./xen.js";
 import { XenAdapter } from "./xen-adapter.js";
 import type { DeviceMapping } from "@vgpu-iommu/core";
@@ -83,10 +85,16 @@ function build(kind: "pv" | "pvh", guestBytes: bigint, ramBytes: bigint): Stack 
 /** Maps every pinned frame in calls of 512, then unmaps; returns ns/page of each. */
 function mapAll(s: Stack, expectRefs: number, expectFlushes: number): { map: number; unmap: number } {
   const { adapter, gpu, mfns, n, xen } = s;
+  const spaces = new DeviceAddressSpaces();
+  const place = adapter.capabilities().coreChoosesIova;
   const maps: DeviceMapping[] = new Array<DeviceMapping>(n / CALL_PAGES);
+  const dfns = new Float64Array(n / CALL_PAGES);
   const flushes = xen.dom0Flushes;
   const t0 = now();
-  for (let k = 0, off = 0; off < n; k++, off += CALL_PAGES) maps[k] = adapter.mapForDevice(gpu, mfns.subarray(off, off + CALL_PAGES), CALL_PAGES, true);
+  for (let k = 0, off = 0; off < n; k++, off += CALL_PAGES) {
+    const dfn = place ? (dfns[k] = spaces.placeIova(adapter, gpu, CALL_PAGES)) : undefined;
+    maps[k] = adapter.mapForDevice(gpu, mfns.subarray(off, off + CALL_PAGES), CALL_PAGES, true, dfn);
+  }
   const t1 = now();
   check(xen.host.phys.totalPins === expectRefs, `after map: ${xen.host.phys.totalPins} references, expected ${expectRefs}`);
   check(xen.dom0Flushes - flushes === expectFlushes, `after map: ${xen.dom0Flushes - flushes} flushes, expected ${expectFlushes}`);
@@ -96,9 +104,13 @@ function mapAll(s: Stack, expectRefs: number, expectFlushes: number): { map: num
     check(adapter.deviceReaches(gpu, m.segAddr[CALL_PAGES - 1]!, true) === mfns[k * CALL_PAGES + CALL_PAGES - 1], `mapping ${k} does not reach its frame`);
   }
   const t2 = now();
-  for (const m of maps) adapter.unmapForDevice(m);
+  for (let k = 0; k < maps.length; k++) {
+    adapter.unmapForDevice(maps[k]!);
+    if (place) spaces.freeIova(gpu, dfns[k]!);
+  }
   const t3 = now();
   check(xen.host.phys.totalPins === n, `after unmap: ${xen.host.phys.totalPins} references`);
+  check(spaces.placedRanges(gpu).length === 0, "placements left after unmap");
   return { map: Number(t1 - t0) / n, unmap: Number(t3 - t2) / n };
 }
 

@@ -39,5 +39,7 @@ export * from "./xen-adapter.js";
 export * from "./write-tracker.js";
 export * from "./xen-platform.js";
 export * from "./xen-stack.js";
+export * from "./scenario-support.js";
+export * from "./scenario-guest-balloon.js";
 export * from "./plugin.js";
 export * from "./bench.js";

@@ -1,11 +1,14 @@
 /**
  * The Xen adapter as a plugin: it provides the hypervisor adapter and the
- * platform on the stack's host. Settings (from the stack file): config,
- * dmaMaskBits, parentName, swiotlbBytes, era, xenserverSetup.
+ * platform on the stack's host, and its scenario operations (the guest's own
+ * balloon) with a scenario that uses them. Settings (from the stack file):
+ * config, dmaMaskBits, parentName, swiotlbBytes, era, xenserverSetup.
  */
 import { instanceCachingFactory } from "tsyringe";
 import { IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, type PluginManifest } from "@vgpu-iommu/core";
+import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { createXenStackOn, type XenStackOptions } from "./xen-stack.js";
+import { xenScenarioProvider } from "./scenario-support.js";
 
 const ID = "@vgpu-iommu/adapter-xen";
 
@@ -32,7 +35,7 @@ const options = (settings: Readonly<Record<string, unknown>> = {}): XenStackOpti
 export const plugin: PluginManifest = {
   id: ID,
   kind: "hypervisor-adapter",
-  provides: [IVgpuPlatform, IHypervisorAdapter],
+  provides: [IVgpuPlatform, IHypervisorAdapter, IScenarioProvider],
   requires: [IHost, IPluginSettings],
   capabilities: {
     addressModel: "pv-identity: identity-mfn; pv-xenserver and pvh-2024: pviommu-bfn",
@@ -46,5 +49,6 @@ export const plugin: PluginManifest = {
       useFactory: instanceCachingFactory((r) => createXenStackOn(r.resolve(IHost), options(r.resolve(IPluginSettings)[ID]), r).platform),
     });
     c.register(IHypervisorAdapter, { useFactory: instanceCachingFactory((r) => r.resolve(IVgpuPlatform).adapter) });
+    c.register(IScenarioProvider, { useValue: xenScenarioProvider });
   },
 };

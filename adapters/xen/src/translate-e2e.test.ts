@@ -5,13 +5,15 @@
  *    hypercall to map or unmap, no flush;
  * B. PV Dom0 with the XenServer PV-IOMMU: dma = (248 GiB + MFN << 12), foreign
  *    BFNs mapped 128 ops a hypercall with one flush each, per-op statuses;
- * C. PVH Dom0 with the 2024 PV-IOMMU: DFNs chosen top-down (size-aligned) in a
- *    device context, map_pages of at most 256 pages with a flush per call.
+ * C. PVH Dom0 with the 2024 PV-IOMMU: DFNs the core chooses top-down
+ *    (size-aligned) in the device's context, map_pages of at most 256 pages
+ *    with a flush per call.
  * None merges segments: 300 frames are 300 segments everywhere.
  */
 import { expect } from "chai";
 import { container } from "tsyringe";
-import { IHypervisorAdapter, IOMMU_READ, IOMMU_WRITE, TranslateApi, type DeviceHandle, type Translation } from "@vgpu-iommu/core";
+import { DeviceAddressSpaces, IHypervisorAdapter, IOMMU_READ, IOMMU_WRITE, TranslateApi, type DeviceHandle, type Translation } from "@vgpu-iommu/core";
+import { IOMMU_OP_readable, IOMMUOP_map_pages, IOMMUOP_unmap_pages } from "./pv-iommu-2024.js";
 import { XenAdapter, type XenAdapterOptions } from "./xen-adapter.js";
 import { caught, GPU, GPU2, MiB, NO_XEN_LEAKS, leaksAfterShutdown, xenEnv, type XenEnv, type XenEnvOptions } from "./xen-env.test.util.js";
 
@@ -23,22 +25,26 @@ interface Stack {
   readonly env: XenEnv;
   readonly adapter: XenAdapter;
   readonly api: TranslateApi;
+  readonly spaces: DeviceAddressSpaces;
   readonly gpu: DeviceHandle;
 }
 
 function stack(envOpts: XenEnvOptions, opts: XenAdapterOptions = {}): Stack {
   const env = xenEnv({ ...envOpts, dom0: { memoryBytes: 32n * MiB, ...envOpts.dom0 } });
   const adapter = new XenAdapter(env.xen, { swiotlbBytes: 4 << 20, ...opts });
+  const spaces = new DeviceAddressSpaces();
   const vm = container.createChildContainer();
   vm.register(IHypervisorAdapter, { useValue: adapter });
+  vm.register(DeviceAddressSpaces, { useValue: spaces });
   const api = vm.resolve(TranslateApi);
   api.attach(adapter.attachVgpu(vgpu, env.guest.domid), vgpu);
   const gpu = adapter.registerDevice({ name: "0000:01:00.0", sbdf: GPU });
-  return { env, adapter, api, gpu };
+  return { env, adapter, api, spaces, gpu };
 }
 
 function finish(s: Stack): void {
   expect(s.api.liveCount()).to.equal(0);
+  expect(s.spaces.placedRanges(s.gpu)).to.deep.equal([]);
   s.api.dispose();
   expect(s.adapter.listenerCount).to.equal(0);
   s.adapter.dispose();
@@ -161,6 +167,29 @@ describe("end to end through core's TranslateApi", () => {
       refsAfterT2: 604,
       refsAtEnd: 0,
     });
+    finish(s);
+  });
+});
+
+describe("end to end: the core's DFN meets one Xen already has (2024 PV-IOMMU)", () => {
+  it("Xen's -EADDRINUSE reaches the vendor with the native status and the pages done; the core frees its placement at once", () => {
+    const s = stack({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } });
+    const top = 2 ** 27;
+    // Something else in Dom0 maps its own frame at the device's top DFN, behind the core's back.
+    const pv = s.env.xen.pvIommu2024!;
+    const ctx_no = s.adapter.deviceContext(s.gpu);
+    expect(pv.iommuOp(s.env.dom0, { subop_id: IOMMUOP_map_pages, ctx_no, flags: IOMMU_OP_readable, map_pages: { gfn: 0x10, dfn: top - 1, nr_pages: 1, mapped: 0 } })).to.equal(0);
+    const e = caught(() => s.api.mapForDevice(vgpu, { start: 0x100, npages: 2 }, RW, s.gpu));
+    expect([e.code, e.errno, e.reason]).to.deep.equal(["EADDRINUSE", 98, "map-pages-failed"]);
+    expect(e.fields).to.deep.include({ done: 1, index: 1, cause: { api: "pv-iommu", status: -98, name: "-EADDRINUSE" } });
+    expect(s.spaces.placedRanges(s.gpu)).to.deep.equal([]);
+    expect([s.api.liveCount(), s.env.host.phys.totalPins, s.adapter.liveMappings(s.gpu)]).to.deep.equal([0, 1, 0]);
+    expect(s.adapter.deviceReaches(s.gpu, BigInt(top - 2) << 12n)).to.equal(-1);
+    expect(pv.iommuOp(s.env.dom0, { subop_id: IOMMUOP_unmap_pages, ctx_no, flags: 0, unmap_pages: { dfn: top - 1, nr_pages: 1, unmapped: 0 } })).to.equal(0);
+    const t = s.api.mapForDevice(vgpu, { start: 0x100, npages: 2 }, RW, s.gpu);
+    expect(t.dmaAddrs![0]).to.equal(BigInt(top - 2) << 12n);
+    expect(s.spaces.placedRanges(s.gpu)).to.deep.equal([{ pfnLo: top - 2, pfnHi: top - 1 }]);
+    s.api.release(t.handle);
     finish(s);
   });
 });

@@ -16,24 +16,41 @@
  *   gets them in `onGuestWrite`, so a vGPU sees the new contents as it does on
  *   KVM. A vGPU that throws fails the emulation: the ioreq server crashes the
  *   guest.
- * - A balloon-out removes the frames from the P2M and with them their type:
- *   their protection is forgotten, without telling the vGPUs (Xen has no
- *   memslot to remove; a later balloon-in brings plain ram_rw frames back).
+ * - Protection is the frame's p2m type, so it goes with the P2M entry: a
+ *   decrease_reservation (a balloon-out, by the device model or by the
+ *   guest's own balloon driver) removes the entry and the type with it (Xen's
+ *   p2m_entry_modify only drops the server's count of ioreq_server entries and
+ *   tells no one; a later populate brings plain ram_rw frames back). The
+ *   device model learns of the change as the adapter does (the guest's
+ *   `p2mChanged`, hypervisors.md 3.2: "a Xen P2M change" reaches the core),
+ *   and makes the loss visible the way KVM's page-track makes a memslot
+ *   removal visible (track_remove_region): each vGPU that protected a frame
+ *   of the range is told `onMemslotRemoved(firstGfn, npages)` once, then
+ *   `protectionDropped` names the frames and the vGPUs. A vGPU that protected
+ *   none of them is not told; a frame whose entry stayed (grant, foreign,
+ *   MMIO) keeps its protection.
  *
  * Invariants: `#domainCount.get(gfn)` = number of attached vGPUs protecting
  * gfn, and a frame of the guest has type ioreq_server iff that count > 0.
  */
-import { ERRNO } from "@vgpu-iommu/core";
+import { ERRNO, Observable, type Disposable } from "@vgpu-iommu/core";
 import type { Xen } from "./xen.js";
 import type { XenDomain } from "./xen-domain.js";
 import { P2mType } from "./p2m.js";
 import { createIoreqServer, HVMMEM_ioreq_server, HVMMEM_ram_rw, IoreqServer, setMemType, XEN_DMOP_IOREQ_MEM_ACCESS_WRITE, type Ioreq } from "./ioreq-server.js";
 import { xenErrnoError } from "./xen-error.js";
 
-/** What a vGPU is told by the tracker. */
+/** What a vGPU is told by the tracker (the vendor port's calls of the same names). */
 export interface GuestWriteListener {
   /** A guest write to a frame this vGPU protected, after it was emulated (the bytes are in guest memory). */
   onGuestWrite(gpa: bigint, data: Uint8Array): void;
+  /** Frames of [firstGfn, firstGfn + npages) this vGPU protected left the P2M: their protection ended. */
+  onMemslotRemoved(firstGfn: number, npages: number): void;
+}
+
+export interface XenWriteTrackerEvents {
+  /** A P2M change took protected frames: `frames` (ascending) lost their protection, and each vGPU in `vgpus` was told. */
+  protectionDropped(e: { domid: number; firstGfn: number; npages: number; reason: string; frames: number[]; vgpus: string[] }): void;
 }
 
 interface Tracked {
@@ -41,16 +58,18 @@ interface Tracked {
   readonly frames: Set<number>;
 }
 
-export class XenWriteTracker {
+export class XenWriteTracker extends Observable<XenWriteTrackerEvents> {
   readonly server: IoreqServer;
   readonly #byVgpu = new Map<string, Tracked>();
   readonly #domainCount = new Map<number, number>();
+  readonly #subscription: Disposable;
   #disposed = false;
 
   constructor(
     private readonly xen: Xen,
     readonly guest: XenDomain,
   ) {
+    super();
     const dm = xen.hardwareDomain!;
     const s = createIoreqServer(xen, dm, guest.domid, (req) => this.#emulate(req));
     if (typeof s === "number") throw xenErrnoError("dmop", s, "create-ioreq-server-failed", { domid: guest.domid });
@@ -58,6 +77,7 @@ export class XenWriteTracker {
     if (r === 0) r = s.setState(true);
     if (r !== 0) throw xenErrnoError("dmop", r, "ioreq-server-setup-failed", { domid: guest.domid });
     this.server = s;
+    this.#subscription = guest.on("p2mChanged", (e) => this.#p2mChanged(e.firstGfn, e.npages, e.reason));
   }
 
   /** Frames of the guest currently protected by at least one vGPU. */
@@ -68,6 +88,13 @@ export class XenWriteTracker {
   /** Frames `vgpu` protects. */
   protectedBy(vgpu: string): number {
     return this.#byVgpu.get(vgpu)?.frames.size ?? 0;
+  }
+
+  /** Frames of [firstGfn, firstGfn + npages) `vgpu` protects. */
+  protectedIn(vgpu: string, firstGfn: number, npages: number): number {
+    let n = 0;
+    for (const gfn of this.#byVgpu.get(vgpu)?.frames ?? []) if (gfn >= firstGfn && gfn < firstGfn + npages) n++;
+    return n;
   }
 
   attach(vgpu: string, listener: GuestWriteListener): void {
@@ -110,19 +137,32 @@ export class XenWriteTracker {
     return setMemType(this.xen, this.xen.hardwareDomain!, this.guest.domid, gfn, 1, HVMMEM_ram_rw);
   }
 
-  /** The frames of [firstGfn, firstGfn + npages) left the P2M: their protection is gone. */
-  forgetRange(firstGfn: number, npages: number): void {
-    for (const gfn of [...this.#domainCount.keys()]) {
-      if (gfn < firstGfn || gfn >= firstGfn + npages) continue;
-      this.#domainCount.delete(gfn);
-      for (const t of this.#byVgpu.values()) t.frames.delete(gfn);
+  /** Frames of [firstGfn, firstGfn + npages) changed in the P2M: those no longer of type ioreq_server lost their protection. */
+  #p2mChanged(firstGfn: number, npages: number, reason: string): void {
+    const p2m = this.guest.p2m!;
+    const frames: number[] = [];
+    for (const gfn of this.#domainCount.keys()) if (gfn >= firstGfn && gfn < firstGfn + npages && p2m.type(gfn) !== P2mType.ioreq_server) frames.push(gfn);
+    if (frames.length === 0) return;
+    frames.sort((a, b) => a - b);
+    const told: Tracked[] = [];
+    const vgpus: string[] = [];
+    for (const gfn of frames) this.#domainCount.delete(gfn);
+    for (const [name, t] of this.#byVgpu) {
+      const before = t.frames.size;
+      for (const gfn of frames) t.frames.delete(gfn);
+      if (t.frames.size === before) continue;
+      told.push(t);
+      vgpus.push(name);
     }
+    for (const t of told) t.listener.onMemslotRemoved(firstGfn, npages);
+    this.emit("protectionDropped", { domid: this.guest.domid, firstGfn, npages, reason, frames, vgpus });
   }
 
   /** The device model goes: the server stops claiming the type (every frame back to ram_rw). */
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
+    this.#subscription.dispose();
     if (this.guest.state === "running") {
       this.server.mapMemType(HVMMEM_ioreq_server, 0);
       this.server.setState(false);

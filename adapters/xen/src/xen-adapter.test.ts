@@ -6,6 +6,9 @@ import { caught, GPU, GPU2, MiB, leaksAfterShutdown, xenEnv, type XenEnv, type X
 
 const OFFSET = 248 * 262144;
 const vgpu = { name: "vgpu0" };
+/** The top of the 2024 PV-IOMMU's 39-bit DFN space, in pages. */
+const TOP = 2 ** 27;
+const WIDE = { start: 0n, last: (1n << 64n) - 1n };
 
 describe("XenAdapter", () => {
   let env: XenEnv;
@@ -39,21 +42,31 @@ describe("XenAdapter", () => {
       make();
       expect(adapter.mechanism).to.equal("swiotlb-xen");
       expect(adapter.fallbackReason).to.equal(undefined);
-      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "identity-mfn", coreChoosesIova: false, dmaMaskBits: 64, maxOpsPerBatch: 16, flushModel: "explicit" });
+      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "identity-mfn", coreChoosesIova: false, dmaMaskBits: 64, iovaAperture: WIDE, maxOpsPerBatch: 16, flushModel: "explicit" });
     });
 
-    it("PV Dom0 with the XenServer PV-IOMMU: BFNs at the foreign offset, 128 ops a batch, a flush at the end of each", () => {
-      make({ xen: { pvIommu: "xenserver" } });
+    it("PV Dom0 with the XenServer PV-IOMMU: BFNs fixed by the layout (the core does not choose), up to the end of the offset region, 128 ops a batch", () => {
+      const gpu = make({ xen: { pvIommu: "xenserver" } });
       expect(adapter.mechanism).to.equal("pviommu-xenserver");
-      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: 38, maxOpsPerBatch: 128, flushModel: "end-of-batch" });
+      // 1 GiB of host RAM at 248 GiB: the layout ends at 249 GiB, 38 address bits.
+      const caps = { ...base, addressModel: "pviommu-bfn", coreChoosesIova: false, dmaMaskBits: 38, iovaAperture: { start: 0n, last: (249n << 30n) - 1n }, maxOpsPerBatch: 128, flushModel: "end-of-batch" };
+      expect(adapter.capabilities()).to.deep.equal(caps);
+      expect(adapter.capabilities(gpu)).to.deep.equal(caps);
+      const narrow = adapter.registerDevice({ name: "gpu2", sbdf: GPU2, dmaMaskBits: 36 });
+      expect(adapter.capabilities(narrow)).to.deep.equal({ ...caps, dmaMaskBits: 36 });
     });
 
-    it("PVH Dom0 with the 2024 PV-IOMMU: DFNs in 39 bits, 256 pages a call, a flush per call, a context per device", () => {
+    it("PVH Dom0 with the 2024 PV-IOMMU: the core chooses DFNs in 39 bits, 256 pages a call, a flush per call, a context per device", () => {
       make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } });
       expect(adapter.mechanism).to.equal("pviommu-2024");
-      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: 39, maxOpsPerBatch: 256, flushModel: "per-call" });
-      expect(adapter.deviceContext(adapter.registerDevice({ name: "gpu2", sbdf: GPU2 }))).to.equal(2);
+      const caps = { ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: 39, iovaAperture: { start: 0n, last: (1n << 39n) - 1n }, maxOpsPerBatch: 256, flushModel: "per-call" };
+      expect(adapter.capabilities()).to.deep.equal(caps);
+      const gpu2 = adapter.registerDevice({ name: "gpu2", sbdf: GPU2, dmaMaskBits: 32 });
+      expect(adapter.capabilities(gpu2)).to.deep.equal({ ...caps, dmaMaskBits: 32 });
+      expect(adapter.deviceContext(gpu2)).to.equal(2);
       expect(env.xen.iommu.device(GPU)!.ctxNo).to.equal(1);
+      const e = caught(() => adapter.capabilities({ name: "nope" }));
+      expect([e.code, e.reason]).to.deep.equal(["ENODEV", "device-not-registered"]);
     });
 
     it("the XenGT identity shortcut on a non-strict PV Dom0", () => {
@@ -64,7 +77,7 @@ describe("XenAdapter", () => {
 
     it("grant-dma: grant references as addresses", () => {
       make({}, { mechanism: "grant-dma" });
-      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "grant-dma", coreChoosesIova: false, dmaMaskBits: 64, maxOpsPerBatch: 1, flushModel: "explicit" });
+      expect(adapter.capabilities()).to.deep.equal({ ...base, addressModel: "grant-dma", coreChoosesIova: false, dmaMaskBits: 64, iovaAperture: WIDE, maxOpsPerBatch: 1, flushModel: "explicit" });
     });
 
     it("falls back as Linux does and says why", () => {
@@ -129,25 +142,24 @@ describe("XenAdapter", () => {
 
     it("2024: refuses frames not foreign-mapped into Dom0", () => {
       const gpu = make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } });
-      const e = caught(() => adapter.mapForDevice(gpu, Uint32Array.of(env.guest.p2m!.mfn(3)), 1, true));
+      const e = caught(() => adapter.mapForDevice(gpu, Uint32Array.of(env.guest.p2m!.mfn(3)), 1, true, TOP - 1));
       expect([e.code, e.reason]).to.deep.equal(["EINVAL", "frame-not-foreign-mapped"]);
     });
   });
 
   describe("pviommu-2024", () => {
-    it("maps runs of consecutive Dom0 GFNs, at most 256 pages a call, DFNs top-down in the 39-bit space, one flush per call", () => {
+    it("maps at the DFN the core gives, runs of consecutive Dom0 GFNs, at most 256 pages a call, one flush per call", () => {
       const gpu = make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } });
       const mfns = pin(0x100, 300);
       const calls = env.xen.hypercalls("iommu_op");
       const flushes = env.xen.dom0Flushes;
-      const m = adapter.mapForDevice(gpu, mfns, 300, true) as XenMapping;
+      const m = adapter.mapForDevice(gpu, mfns, 300, true, TOP - 512) as XenMapping;
       expect(env.xen.hypercalls("iommu_op") - calls).to.equal(2);
       expect(env.xen.dom0Flushes - flushes).to.equal(2);
-      // Size-aligned as dma-iommu allocates: 300 pages start on a 512-page boundary.
-      expect(m.extra.dfnBase).to.equal(2 ** 27 - 512);
+      expect(m.extra.dfnBase).to.equal(TOP - 512);
       expect([m.count, m.nents]).to.deep.equal([300, 300]);
       for (const i of [0, 255, 256, 299]) {
-        expect(m.segAddr[i]).to.equal(BigInt(2 ** 27 - 512 + i) << 12n);
+        expect(m.segAddr[i]).to.equal(BigInt(TOP - 512 + i) << 12n);
         expect(adapter.deviceReaches(gpu, m.segAddr[i]!, true)).to.equal(mfns[i]);
       }
       expect(env.host.phys.totalPins).to.equal(600);
@@ -159,16 +171,43 @@ describe("XenAdapter", () => {
       unpin(0x100, 300);
     });
 
-    it("places a small mapping at a power-of-two-aligned DFN below a 32-bit device's mask", () => {
+    it("refuses a DFN range beyond a 32-bit device's mask (EFAULT) or no DFN (EINVAL) before any hypercall, and maps read-only at the last pages it reaches", () => {
       const gpu = make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } }, {}, 32);
       const mfns = pin(0x10, 3);
-      const m = adapter.mapForDevice(gpu, mfns, 3, false) as XenMapping;
-      expect(m.extra.dfnBase).to.equal(2 ** 20 - 4);
-      expect(m.extra.dfnPages).to.equal(4);
+      const calls = env.xen.hypercalls("iommu_op");
+      const e = caught(() => adapter.mapForDevice(gpu, mfns, 3, false, 2 ** 20 - 2));
+      expect([e.code, e.errno, e.reason, e.fields]).to.deep.equal(["EFAULT", 14, "dfn-outside-aperture", { dfn: 2 ** 20 - 2, npages: 3, lastDfn: 2 ** 20 - 1 }]);
+      expect(caught(() => adapter.mapForDevice(gpu, mfns, 3, false, -1)).reason).to.equal("dfn-outside-aperture");
+      const none = caught(() => adapter.mapForDevice(gpu, mfns, 3, false));
+      expect([none.code, none.reason]).to.deep.equal(["EINVAL", "dfn-required"]);
+      expect(env.xen.hypercalls("iommu_op")).to.equal(calls);
+      expect(adapter.stats.maps).to.equal(0);
+      const m = adapter.mapForDevice(gpu, mfns, 3, false, 2 ** 20 - 3) as XenMapping;
       expect(adapter.deviceReaches(gpu, m.segAddr[2]!, false)).to.equal(mfns[2]);
       expect(adapter.deviceReaches(gpu, m.segAddr[2]!, true)).to.equal(-1);
       adapter.unmapForDevice(m);
       unpin(0x10, 3);
+    });
+
+    it("a DFN already in use: Xen's -EADDRINUSE as the cause, the pages mapped before it unmapped again", () => {
+      const gpu = make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024" } });
+      const held = pin(0x10, 4);
+      const first = adapter.mapForDevice(gpu, held, 4, true, TOP - 4);
+      const mfns = pin(0x40, 8);
+      const refs = env.host.phys.totalPins;
+      const calls = env.xen.hypercalls("iommu_op");
+      const e = caught(() => adapter.mapForDevice(gpu, mfns, 8, true, TOP - 8));
+      expect([e.code, e.errno, e.reason]).to.deep.equal(["EADDRINUSE", 98, "map-pages-failed"]);
+      expect(e.fields).to.deep.equal({ done: 4, index: 4, frame: mfns[4], cause: { api: "pv-iommu", status: -98, name: "-EADDRINUSE" } });
+      // One map_pages (4 mapped, then the DFN in use), one unmap_pages of those 4.
+      expect(env.xen.hypercalls("iommu_op") - calls).to.equal(2);
+      expect(env.host.phys.totalPins).to.equal(refs);
+      for (let i = 0; i < 4; i++) expect(adapter.deviceReaches(gpu, BigInt(TOP - 8 + i) << 12n)).to.equal(-1);
+      expect(adapter.deviceReaches(gpu, BigInt(TOP - 4) << 12n)).to.equal(held[0]);
+      expect(adapter.stats).to.deep.include({ maps: 1, opFailures: 1 });
+      adapter.unmapForDevice(first);
+      unpin(0x10, 4);
+      unpin(0x40, 8);
     });
 
     it("needs one call per page when the Dom0 GFNs are not consecutive", () => {
@@ -177,7 +216,7 @@ describe("XenAdapter", () => {
       const b = pin(0x80, 4);
       const mixed = Uint32Array.of(a[0]!, b[0]!, a[1]!, b[1]!, a[2]!, a[3]!);
       const calls = env.xen.hypercalls("iommu_op");
-      const m = adapter.mapForDevice(gpu, mixed, 6, true);
+      const m = adapter.mapForDevice(gpu, mixed, 6, true, TOP - 8);
       expect(env.xen.hypercalls("iommu_op") - calls).to.equal(5);
       adapter.unmapForDevice(m);
       unpin(0x10, 4);
@@ -188,7 +227,7 @@ describe("XenAdapter", () => {
       const gpu = make({ dom0: { kind: "pvh" }, xen: { pvIommu: "2024", pvIommuMaxPages: 64 } });
       const mfns = pin(0x100, 300);
       const calls = env.xen.hypercalls("iommu_op");
-      const m = adapter.mapForDevice(gpu, mfns, 300, true);
+      const m = adapter.mapForDevice(gpu, mfns, 300, true, TOP - 512);
       expect(adapter.stats.e2bigRetries).to.equal(2);
       expect(env.xen.hypercalls("iommu_op") - calls).to.equal(2 + 5);
       expect(adapter.capabilities().maxOpsPerBatch).to.equal(64);
@@ -202,16 +241,15 @@ describe("XenAdapter", () => {
       const mfns = pin(0x100, 300);
       env.host.faults.failNth(270, ["iommu_map"]);
       const flushes = env.xen.dom0Flushes;
-      const e = caught(() => adapter.mapForDevice(gpu, mfns, 300, true));
+      const e = caught(() => adapter.mapForDevice(gpu, mfns, 300, true, TOP - 512));
       expect([e.code, e.errno, e.reason]).to.deep.equal(["ENOMEM", 12, "map-pages-failed"]);
-      expect(e.fields).to.deep.include({ done: 269, index: 269, cause: { api: "pv-iommu", status: -12, name: "-ENOMEM" } });
+      expect(e.fields).to.deep.equal({ done: 269, index: 269, frame: mfns[269], cause: { api: "pv-iommu", status: -12, name: "-ENOMEM" } });
       expect(env.xen.dom0Flushes - flushes).to.equal(2 + 2);
-      expect(adapter.deviceReaches(gpu, BigInt(2 ** 27 - 300) << 12n)).to.equal(-1);
+      for (const i of [0, 268, 299]) expect(adapter.deviceReaches(gpu, BigInt(TOP - 512 + i) << 12n)).to.equal(-1);
       expect(env.host.phys.totalPins).to.equal(300);
       expect(adapter.stats).to.deep.include({ maps: 0, opFailures: 1 });
-      const m = adapter.mapForDevice(gpu, mfns, 300, true) as XenMapping;
-      // Size-aligned as dma-iommu allocates: 300 pages start on a 512-page boundary.
-      expect(m.extra.dfnBase).to.equal(2 ** 27 - 512);
+      const m = adapter.mapForDevice(gpu, mfns, 300, true, TOP - 512) as XenMapping;
+      expect(adapter.deviceReaches(gpu, m.segAddr[299]!, true)).to.equal(mfns[299]);
       adapter.unmapForDevice(m);
       unpin(0x100, 300);
     });

@@ -16,11 +16,14 @@
  *     BFNs are mapped 128 ops per hypercall (one flush each); a frame beyond
  *     the device's mask is bounced; nothing to unmap for direct frames;
  *   - `pviommu-2024`: a PVH Dom0 with the 2024 PV-IOMMU: each device gets its
- *     own context; DFNs come from an IOVA allocator (core's IovaDomain,
- *     top-down below min(mask, 2^39), size-aligned as dma-iommu allocates);
- *     frames are mapped by `map_pages` over runs of consecutive Dom0 GFNs,
- *     at most 256 pages a call (halved and retried on -E2BIG), one flush per
- *     call; unmap likewise;
+ *     own context; the core places each translation (`coreChoosesIova`) and
+ *     the adapter maps it at the DFN it is given, after checking the range
+ *     lies in the device's aperture (below min(mask, 2^39); EFAULT
+ *     `dfn-outside-aperture` otherwise, before any hypercall): `map_pages`
+ *     over runs of consecutive Dom0 GFNs, at most 256 pages a call (halved
+ *     and retried on -E2BIG), one flush per call; a DFN in use is Xen's
+ *     -EADDRINUSE, with the pages mapped before it unmapped again; unmap
+ *     likewise;
  *   - `pvh-direct`: a PVH Dom0 without PV-IOMMU: its devices see its GFNs, so
  *     bus address = the Dom0 GFN of the foreign mapping; no bounce;
  *   - `grant-dma` (a frontend's grant-dma-ops): each frame is granted to the
@@ -35,7 +38,25 @@
  *   the core as invalidations, synchronously.
  *
  * `capabilities()` describes the mechanism in use; with the 2024 PV-IOMMU its
- * `maxOpsPerBatch` is the chunk in use, which an -E2BIG halves.
+ * `maxOpsPerBatch` is the chunk in use, which an -E2BIG halves. For a device,
+ * `dmaMaskBits` is the device's mask clipped to the mechanism's width.
+ *
+ * Who chooses the device address (hypervisors.md 2.4, 3.2):
+ * - 2024 PV-IOMMU: the caller of `map_pages` names the DFN, in a context of
+ *   the device's own, and the 39-bit DFN space is otherwise empty: the core
+ *   chooses (`coreChoosesIova: true`, aperture [0, 2^39 - 1]).
+ * - XenServer PV-IOMMU: the BFN of a foreign frame is fixed by Dom0's layout,
+ *   not chosen per mapping. Linux maps all host RAM once at bfn_foreign_offset
+ *   + MFN (a boot-time kthread, on demand until it is done), and the DMA
+ *   address of a foreign page is computed from its MFN
+ *   (`(MFN << 12) + 248 GiB`), as `lookup_foreign_page` answers it. Mapping a
+ *   frame at a BFN the core picked would need a second IOMMU entry that Dom0
+ *   never makes (and a map at a BFN of the permanent region is -EPERM). So
+ *   the core does not choose there (`coreChoosesIova: false`); the aperture
+ *   says what the layout spans: Dom0's own RAM at BFN == PFN (and the bounce
+ *   pool in it) up to the end of the offset region.
+ * - Every other mechanism computes the address from the frame (MFN, Dom0 GFN,
+ *   grant ref): `coreChoosesIova: false`.
  *
  * Invariants: every live XenMapping is unmapped exactly once; after dispose
  * no context, pool slot or subscription of the adapter remains.
@@ -43,11 +64,10 @@
 import {
   DmaDirection,
   ERRNO,
-  IovaDomain,
   PAGE_SIZE,
   Scatterlist,
   SwiotlbPool,
-  roundupPowOfTwo,
+  apertureOfMask,
   type DeviceHandle,
   type DeviceMapping,
   type Disposable,
@@ -55,6 +75,7 @@ import {
   type GuestPinPort,
   type HypervisorAdapter,
   type HypervisorCapabilities,
+  type Range,
 } from "@vgpu-iommu/core";
 import type { Xen, XenEra } from "./xen.js";
 import type { XenDomain } from "./xen-domain.js";
@@ -63,7 +84,7 @@ import { PinTable, XenGuestPins } from "./guest-pins.js";
 import { XenGtIdentity } from "./xengt-identity.js";
 import { MACHINE_VIEW, machineView, XenSwiotlb, type XenDmaDevice, type XenPhysView } from "./swiotlb-xen.js";
 import { DEFAULT_FOREIGN_OFFSET_GIB, IOMMU_BATCH_SIZE, XenServerDom0 } from "./xenserver-dom0.js";
-import { IOMMU_OP_readable, IOMMU_OP_writeable, IOMMUOP_alloc_context, IOMMUOP_free_context, IOMMUOP_map_pages, IOMMUOP_query_capabilities, IOMMUOP_reattach_device, IOMMUOP_unmap_pages, PVIOMMU_DFN_LIMIT, type PvIommuOp2024 } from "./pv-iommu-2024.js";
+import { IOMMU_OP_readable, IOMMU_OP_writeable, IOMMUOP_alloc_context, IOMMUOP_free_context, IOMMUOP_map_pages, IOMMUOP_query_capabilities, IOMMUOP_reattach_device, IOMMUOP_unmap_pages, PVIOMMU_DFN_LIMIT, PVIOMMU_MAX_IOVA_ADDR, type PvIommuOp2024 } from "./pv-iommu-2024.js";
 import { grantDmaAddr, grantRefOfDmaAddr } from "./grant-table.js";
 import type { PciSbdf } from "./xen-iommu.js";
 import { errnoStatus, xenError, xenErrnoError, type NativeStatus } from "./xen-error.js";
@@ -96,18 +117,16 @@ interface DeviceState {
   readonly sbdf: PciSbdf;
   readonly dma: XenDmaDevice;
   readonly dmaMaskBits: number;
-  /** pviommu-2024: the device's context and DFN allocator. */
+  /** pviommu-2024: the device's context, and the last DFN its mask and the 39-bit DFN space allow. */
   readonly ctxNo: number;
-  readonly iova: IovaDomain | undefined;
   readonly dfnLimit: number;
   live: number;
 }
 
 /** What a mapping carries besides the core's fields, per mechanism. */
 export interface XenMappingExtra {
-  /** pviommu-2024: the first DFN and the DFNs allocated (a power of two below 32 pages). */
+  /** pviommu-2024: the first DFN, the one the core gave. */
   readonly dfnBase?: number;
-  readonly dfnPages?: number;
   /** swiotlb-xen / XenServer: the scatterlist holding the DMA fields, and how many entries bounced. */
   readonly sg?: Scatterlist;
   readonly bounced?: number;
@@ -151,6 +170,8 @@ export interface XenAdapterStats {
 }
 
 const ALL_ONES = 0xffff_ffffn;
+/** The 2024 PV-IOMMU's DFN space, up to max_iova_addr. */
+const PVIOMMU_APERTURE: Range = Object.freeze({ start: 0n, last: PVIOMMU_MAX_IOVA_ADDR });
 
 export class XenAdapter implements HypervisorAdapter {
   readonly mechanism: XenMechanism;
@@ -173,6 +194,7 @@ export class XenAdapter implements HypervisorAdapter {
   #foreignView: XenPhysView | undefined;
   #deferred: { domid: number; ref: number }[] = [];
   #statusScratch = new Int32Array(IOMMU_BATCH_SIZE);
+  #xenserverLayout: { readonly aperture: Range; readonly bits: number } | undefined;
   #disposed = false;
 
   constructor(
@@ -236,22 +258,26 @@ export class XenAdapter implements HypervisorAdapter {
 
   // ------------------------------------------------------------ configuration
 
-  capabilities(): HypervisorCapabilities {
+  capabilities(device?: DeviceHandle): HypervisorCapabilities {
+    const dev = device === undefined ? undefined : this.#devices.get(device);
+    if (device !== undefined && dev === undefined) throw xenError("ENODEV", "device-not-registered", undefined, { device: device?.name });
+    const mask = dev?.dmaMaskBits ?? 64;
     const base = { mergesSegments: false, maxSegmentSize: PAGE_SIZE, segmentBoundaryMask: ALL_ONES, maxPinPerCall: 512, isolationPerVgpu: false, supportsWriteTrack: true } as const;
+    const wide = apertureOfMask(64);
     switch (this.mechanism) {
       case "identity-mfn":
       case "swiotlb-xen":
-        return { ...base, addressModel: "identity-mfn", coreChoosesIova: false, dmaMaskBits: 64, maxOpsPerBatch: REMAP_BATCH_SIZE, flushModel: "explicit" };
+        return { ...base, addressModel: "identity-mfn", coreChoosesIova: false, dmaMaskBits: mask, iovaAperture: wide, maxOpsPerBatch: REMAP_BATCH_SIZE, flushModel: "explicit" };
       case "pviommu-xenserver": {
-        const top = (this.xenserver!.offsetPfn + this.xen.frames.ramFrames) * PAGE_SIZE - 1;
-        return { ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: Math.ceil(Math.log2(top + 1)), maxOpsPerBatch: IOMMU_BATCH_SIZE, flushModel: "end-of-batch" };
+        const layout = (this.#xenserverLayout ??= xenserverLayout(this.xenserver!.offsetPfn + this.xen.frames.ramFrames));
+        return { ...base, addressModel: "pviommu-bfn", coreChoosesIova: false, dmaMaskBits: Math.min(layout.bits, mask), iovaAperture: layout.aperture, maxOpsPerBatch: IOMMU_BATCH_SIZE, flushModel: "end-of-batch" };
       }
       case "pviommu-2024":
-        return { ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: 39, maxOpsPerBatch: this.#chunk2024, flushModel: "per-call" };
+        return { ...base, addressModel: "pviommu-bfn", coreChoosesIova: true, dmaMaskBits: Math.min(39, mask), iovaAperture: PVIOMMU_APERTURE, maxOpsPerBatch: this.#chunk2024, flushModel: "per-call" };
       case "pvh-direct":
-        return { ...base, addressModel: "host-dma-api", coreChoosesIova: false, dmaMaskBits: 64, maxOpsPerBatch: 1, flushModel: "explicit" };
+        return { ...base, addressModel: "host-dma-api", coreChoosesIova: false, dmaMaskBits: mask, iovaAperture: wide, maxOpsPerBatch: 1, flushModel: "explicit" };
       case "grant-dma":
-        return { ...base, addressModel: "grant-dma", coreChoosesIova: false, dmaMaskBits: 64, maxOpsPerBatch: 1, flushModel: "explicit" };
+        return { ...base, addressModel: "grant-dma", coreChoosesIova: false, dmaMaskBits: mask, iovaAperture: wide, maxOpsPerBatch: 1, flushModel: "explicit" };
     }
   }
 
@@ -268,7 +294,6 @@ export class XenAdapter implements HypervisorAdapter {
     const handle: DeviceHandle = Object.freeze({ name: options.name });
     const dmaMask = bits >= 64 ? (1n << 64n) - 1n : (1n << BigInt(bits)) - 1n;
     let ctxNo = 0;
-    let iova: IovaDomain | undefined;
     let dfnLimit = 0;
     if (this.mechanism === "pviommu-2024") {
       const pv = xen.pvIommu2024!;
@@ -281,10 +306,9 @@ export class XenAdapter implements HypervisorAdapter {
         pv.iommuOp(this.dom0, { subop_id: IOMMUOP_free_context, ctx_no: ctxNo, flags: 0 });
         throw xenErrnoError("pv-iommu", rc, "reattach-device-failed");
       }
-      iova = new IovaDomain(PAGE_SIZE, 1, { log: xen.host.kernel, faults: xen.host.faults });
       dfnLimit = Math.min(PVIOMMU_DFN_LIMIT, 2 ** (bits - 12)) - 1;
     }
-    this.#devices.set(handle, { handle, sbdf: options.sbdf, dma: { name: options.name, dmaMask, segmentBoundaryMask: ALL_ONES }, dmaMaskBits: bits, ctxNo, iova, dfnLimit, live: 0 });
+    this.#devices.set(handle, { handle, sbdf: options.sbdf, dma: { name: options.name, dmaMask, segmentBoundaryMask: ALL_ONES }, dmaMaskBits: bits, ctxNo, dfnLimit, live: 0 });
     return handle;
   }
 
@@ -298,7 +322,6 @@ export class XenAdapter implements HypervisorAdapter {
       pv.iommuOp(this.dom0, { subop_id: IOMMUOP_reattach_device, ctx_no: 0, flags: 0, reattach_device: { dev: dev.sbdf } });
       pv.iommuOp(this.dom0, { subop_id: IOMMUOP_free_context, ctx_no: dev.ctxNo, flags: 0 });
     }
-    dev.iova?.destroy();
     this.#devices.delete(handle);
   }
 
@@ -379,7 +402,7 @@ export class XenAdapter implements HypervisorAdapter {
 
   // ----------------------------------------------------------------- mapping
 
-  mapForDevice(device: DeviceHandle, frames: Uint32Array, n: number, write: boolean): DeviceMapping {
+  mapForDevice(device: DeviceHandle, frames: Uint32Array, n: number, write: boolean, dfn?: number): DeviceMapping {
     const dev = this.#devices.get(device);
     if (dev === undefined) throw xenError("ENODEV", "device-not-registered", undefined, { device: device?.name });
     if (!(Number.isInteger(n) && n >= 1 && n <= frames.length)) throw xenError("EINVAL", "bad-frame-count", undefined, { n });
@@ -398,7 +421,7 @@ export class XenAdapter implements HypervisorAdapter {
         m = this.#mapXenServer(dev, frames, n, dir);
         break;
       case "pviommu-2024":
-        m = this.#map2024(dev, frames, n, dir, write);
+        m = this.#map2024(dev, frames, n, dir, write, dfn);
         break;
       case "pvh-direct":
         m = this.#mapPvhDirect(dev, frames, n, dir);
@@ -430,7 +453,6 @@ export class XenAdapter implements HypervisorAdapter {
         return;
       case "pviommu-2024":
         this.#unmap2024(dev!, m.extra.dfnBase!, m.nents);
-        dev!.iova!.freeIova(m.extra.dfnBase!);
         return;
       case "pvh-direct":
         return;
@@ -518,7 +540,9 @@ export class XenAdapter implements HypervisorAdapter {
     return this.#mapping(dev, n, "pvh-direct", dir, addr);
   }
 
-  #map2024(dev: DeviceState, frames: Uint32Array, n: number, dir: DmaDirection, write: boolean): XenMapping {
+  #map2024(dev: DeviceState, frames: Uint32Array, n: number, dir: DmaDirection, write: boolean, dfnBase: number | undefined): XenMapping {
+    if (dfnBase === undefined) throw xenError("EINVAL", "dfn-required", undefined, { npages: n });
+    if (!(Number.isSafeInteger(dfnBase) && dfnBase >= 0 && dfnBase + n - 1 <= dev.dfnLimit)) throw xenError("EFAULT", "dfn-outside-aperture", undefined, { dfn: dfnBase, npages: n, lastDfn: dev.dfnLimit });
     const table = this.privcmd.dom0GfnTable;
     if (this.#gfnScratch.length < n) this.#gfnScratch = new Uint32Array(n);
     const gfns = this.#gfnScratch;
@@ -527,11 +551,6 @@ export class XenAdapter implements HypervisorAdapter {
       if (g === 0) throw xenError("EINVAL", "frame-not-foreign-mapped", undefined, { index: i, frame: frames[i] });
       gfns[i] = g - 1;
     }
-    // dma-iommu's alloc_iova_fast: sizes below 32 pages are rounded up (rcache), and every range is
-    // size-aligned (alloc_iova(..., size_aligned = true)), so a 2 MiB run lands on a 2 MiB boundary.
-    const pages = n < 32 ? roundupPowOfTwo(n) : n;
-    const dfnBase = dev.iova!.allocIova(pages, dev.dfnLimit, true);
-    if (dfnBase < 0) throw xenError("ENOMEM", "dma-mapping-error", { api: "pv-iommu", status: -ERRNO.ENOMEM, name: "no DFN space" }, { done: 0, npages: n });
     const pv = this.xen.pvIommu2024!;
     const flags = IOMMU_OP_readable | (write ? IOMMU_OP_writeable : 0);
     const op: PvIommuOp2024 = { subop_id: IOMMUOP_map_pages, ctx_no: dev.ctxNo, flags, map_pages: { gfn: 0, dfn: 0, nr_pages: 0, mapped: 0 } };
@@ -556,13 +575,12 @@ export class XenAdapter implements HypervisorAdapter {
       if (rc !== 0) {
         this.stats.opFailures++;
         if (done > 0) this.#unmap2024(dev, dfnBase, done);
-        dev.iova!.freeIova(dfnBase);
         throw xenErrnoError("pv-iommu", rc, "map-pages-failed", { done, index: done, frame: frames[done] });
       }
     }
     const addr = new BigUint64Array(n);
     fillContiguous(addr, dfnBase, n);
-    return this.#mapping(dev, n, "pviommu-2024", dir, addr, { dfnBase, dfnPages: pages });
+    return this.#mapping(dev, n, "pviommu-2024", dir, addr, { dfnBase });
   }
 
   #gfnScratch = new Uint32Array(512);
@@ -691,6 +709,12 @@ export class XenAdapter implements HypervisorAdapter {
     }
     this.#disposed = true;
   }
+}
+
+/** The XenServer BFN layout ending at BFN `endBfn` (the end of the foreign offset region): its span and address width. */
+function xenserverLayout(endBfn: number): { readonly aperture: Range; readonly bits: number } {
+  const last = (BigInt(endBfn) << 12n) - 1n;
+  return { aperture: Object.freeze({ start: 0n, last }), bits: last.toString(2).length };
 }
 
 /** The first run of `len` INVALID entries in a PV P2M, from its end downwards; -1 when none. */

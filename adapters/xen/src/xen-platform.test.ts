@@ -2,8 +2,8 @@
  * The Xen platform through the platform port, with a probe vendor that uses
  * its services directly: pin rules (the KVM platform's), dmaRw without pins,
  * write tracking by the ioreq server, balloon-out reaching the core and the
- * vGPU, one-per-VM, and teardown with nothing left, in the three stack
- * configurations.
+ * vGPU (and ending write protection in the block, visibly), one-per-VM, and
+ * teardown with nothing left, in the three stack configurations.
  */
 import { expect } from "chai";
 import { container } from "tsyringe";
@@ -11,7 +11,8 @@ import { createHost, IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, 
 import { createXenStack, parsePciAddress, XEN_STACK_CONFIGS, type XenStack } from "./xen-stack.js";
 import { P2mType } from "./p2m.js";
 import { plugin } from "./plugin.js";
-import type { XenPlatform } from "./xen-platform.js";
+import type { XenPlatform, XenPlatformVm } from "./xen-platform.js";
+import type { XenWriteTrackerEvents } from "./write-tracker.js";
 
 const MiB = 1n << 20n;
 const RW = IOMMU_READ | IOMMU_WRITE;
@@ -20,6 +21,8 @@ const RW = IOMMU_READ | IOMMU_WRITE;
 class ProbeVgpu implements Vgpu {
   readonly writes: [bigint, number[]][] = [];
   readonly unmaps: [bigint, bigint][] = [];
+  /** onMemslotRemoved calls: [firstGfn, npages]. */
+  readonly removed: [number, number][] = [];
   readonly translations: { t: Translation; gfns: number[] }[] = [];
   /** Contiguous pins held: [gfn, npage]. */
   readonly pinned: [number, number][] = [];
@@ -52,7 +55,9 @@ class ProbeVgpu implements Vgpu {
     if (this.throwOnWrite) throw new Error("bad shadow entry");
     this.writes.push([gpa, [...data]]);
   }
-  onMemslotRemoved(): void {}
+  onMemslotRemoved(firstGfn: number, npages: number): void {
+    this.removed.push([firstGfn, npages]);
+  }
   queryPlane(): undefined {
     return undefined;
   }
@@ -224,6 +229,44 @@ describe("XenPlatform", () => {
         await expectClean(s, vm);
       });
 
+      it("balloonOut ends the write protection of the block's frames: each vGPU that protected one is told once, protectionDropped names them", async () => {
+        const { s, vm, v, vendor } = await world(config);
+        const w = (await vm.addVgpu(vendor, "probe", "probe1")) as ProbeVgpu;
+        const tracker = (vm as XenPlatformVm).tracker;
+        const guest = s.xen.domain(1)!;
+        const events: Parameters<XenWriteTrackerEvents["protectionDropped"]>[0][] = [];
+        const sub = tracker.on("protectionDropped", (e) => events.push(e));
+        const base = Number(vm.balloonBase! >> 12n);
+        for (const gfn of [base + 1, base + 3, base + 600, 0x20]) expect(v.services.protect(gfn)).to.equal(0);
+        for (const gfn of [base + 3, base + 5]) expect(w.services.protect(gfn)).to.equal(0);
+        expect(tracker.trackedCount).to.equal(5);
+
+        expect(await vm.balloonOut(0, 1)).to.equal(2n * MiB);
+        expect(events).to.deep.equal([{ domid: 1, firstGfn: base, npages: 512, reason: "decrease_reservation", frames: [base + 1, base + 3, base + 5], vgpus: ["probe0", "probe1"] }]);
+        expect([v.removed, w.removed]).to.deep.equal([[[base, 512]], [[base, 512]]]);
+        expect([tracker.trackedCount, tracker.protectedBy("probe0"), tracker.protectedBy("probe1")]).to.deep.equal([2, 2, 0]);
+        // Outside the block nothing changed: a guest write to 0x20 is still the vGPU's.
+        expect(vm.guestWrite(0x20000n, Uint8Array.of(4))).to.equal(0);
+        expect(v.writes).to.deep.equal([[0x20000n, [4]]]);
+        // The frames come back plain: no type, no write reaches a vGPU; unprotecting a dropped frame is a no-op.
+        expect(await vm.balloonIn(0, 1)).to.equal(0);
+        expect(guest.p2m!.type(base + 1)).to.equal(P2mType.ram_rw);
+        expect(vm.guestWrite(BigInt(base + 3) << 12n, Uint8Array.of(5))).to.equal(0);
+        expect([v.writes.length, w.writes.length]).to.deep.equal([1, 0]);
+        expect(v.services.unprotect(base + 1)).to.equal(0);
+
+        // Only the vGPU that protected a frame of the block is told.
+        expect(await vm.balloonOut(1, 1)).to.equal(2n * MiB);
+        expect(events.slice(1)).to.deep.equal([{ domid: 1, firstGfn: base + 512, npages: 512, reason: "decrease_reservation", frames: [base + 600], vgpus: ["probe0"] }]);
+        expect([v.removed.length, w.removed.length]).to.deep.equal([2, 1]);
+        // A block with no protected frame: nobody is told, no event.
+        expect(await vm.balloonOut(2, 1)).to.equal(2n * MiB);
+        expect([events.length, v.removed.length, w.removed.length]).to.deep.equal([2, 2, 1]);
+        sub.dispose();
+        await expectClean(s, vm);
+        expect(tracker.listenerCount()).to.equal(0);
+      });
+
       it("one vGPU per VM for a onePerVm vendor (-EEXIST); removeVgpu closes and destroys; shutdown sweeps leaked pins", async () => {
         const { s, vm, v, vendor } = await world(config);
         const gvtLike = new ProbeVendor({ onePerVm: true, migration: false, ownRequesterId: false });
@@ -250,7 +293,7 @@ describe("XenPlatform", () => {
     expect(parsePciAddress("0000:00:02.0")).to.deep.equal({ seg: 0, bus: 0, devfn: 16 });
     expect(caught(() => parsePciAddress("00:02.0")).reason).to.equal("bad-pci-address");
     expect(plugin.id).to.equal("@vgpu-iommu/adapter-xen");
-    expect(plugin.provides.map((t) => t.description)).to.deep.equal(["IVgpuPlatform", "IHypervisorAdapter"]);
+    expect(plugin.provides.map((t) => t.description)).to.deep.equal(["IVgpuPlatform", "IHypervisorAdapter", "IScenarioProvider"]);
     expect(plugin.requires.map((t) => t.description)).to.deep.equal(["IHost", "IPluginSettings"]);
     const c = container.createChildContainer();
     c.register(IHost, { useValue: createHost({ ramBytes: 1n << 30n, seed: 1 }) });

@@ -37,8 +37,10 @@
  * Unlike type1 there is no retry and no BUG_ON: a page Dom0 still references
  * after the P2M change stays allocated (orphaned) until its last reference
  * goes, so a pin kept past dmaUnmap is held memory, not a use-after-free; the
- * platform counts those pins (`stats.pinsLeftAfterDmaUnmap`). A balloon-in is
- * XENMEM_populate_physmap of each block (fresh frames).
+ * platform counts those pins (`stats.pinsLeftAfterDmaUnmap`). The same P2M
+ * change ends the write protection of the block's frames: the ioreq server's
+ * tracker tells the vGPUs that protected them (write-tracker.ts). A
+ * balloon-in is XENMEM_populate_physmap of each block (fresh frames).
  *
  * Teardown: removeVgpu closes the vGPU (the vendor releases its pins and
  * mappings), ends its write tracking, detaches it and destroys it. Shutdown
@@ -106,7 +108,7 @@ export class XenPlatform implements VgpuPlatform {
   ) {
     this.#scope = parent.createChildContainer();
     // One parent GPU serves vGPUs of several VMs: the isolation checker must see all their addresses.
-    this.#scope.register(DeviceAddressSpaces, { useValue: new DeviceAddressSpaces() });
+    this.#scope.register(DeviceAddressSpaces, { useValue: new DeviceAddressSpaces({ faults: host.faults }) });
     this.#scope.register(IHypervisorAdapter, { useValue: adapter });
   }
 
@@ -285,7 +287,6 @@ export class XenPlatformVm implements PlatformVm {
       const live = this.translate.liveCount();
       const removed = this.guest.decreaseReservation(first, blockPages);
       this.platform.stats.revokedByP2mChange += live - this.translate.liveCount();
-      this.tracker.forgetRange(first, blockPages);
       this.#plugged[b] = false;
       total += BigInt(removed) << 12n;
     }

@@ -11,8 +11,8 @@
  *   foreign BFNs mapped on demand 128 ops a hypercall (a flush each) while the
  *   offset region is incomplete (`xenserverSetup` completes it first);
  * - `pvh-2024`: PVH Dom0 with the 2024 PV-IOMMU: the parent GPU in a context of
- *   its own, DFNs allocated top-down below 2^39, map_pages of up to 256 pages
- *   with a flush per call.
+ *   its own, DFNs the core places top-down below 2^39, map_pages of up to 256
+ *   pages with a flush per call.
  * The adapter must end up with the configuration's mechanism; a fallback is
  * refused with EINVAL (reason `xen-config-unavailable`).
  */

@@ -10,7 +10,8 @@
  * vendor's own guest driver knows how to do (write a GTT entry, submit a
  * workload), through a `GuestDriver` the vendor plugin contributes. Where a
  * step needs the hypervisor to do something outside `PlatformVm` (move a
- * memslot), it asks the adapter plugin's `HypervisorDriver`. A scenario that
+ * memslot, a balloon the guest drives itself), it asks the adapter plugin's
+ * `HypervisorDriver`. A scenario that
  * needs an operation nobody contributed is skipped with a line naming the
  * plugin and the operation, never failed.
  *
@@ -84,6 +85,14 @@ export interface HypervisorDriver {
   recreateMemslot?(gpa: bigint): Promise<number>;
   /** Moves the memory slot holding `gpa` by `deltaBytes` (a BAR move); 0 or a negative errno. */
   moveMemslot?(gpa: bigint, deltaBytes: bigint): Promise<number>;
+  /**
+   * The guest's own balloon driver gives [gpa, gpa + length) back to the
+   * hypervisor with no device model in the loop (Xen: XENMEM_decrease_reservation
+   * from the guest), so no vGPU gets a dmaUnmap; bytes removed, or a negative errno.
+   */
+  decreaseReservation?(gpa: bigint, length: bigint): Promise<bigint | number>;
+  /** The guest's balloon driver takes [gpa, gpa + length) back (Xen: XENMEM_populate_physmap), as fresh frames; 0 or a negative errno. */
+  populatePhysmap?(gpa: bigint, length: bigint): Promise<number>;
 }
 
 export type HypervisorOp = keyof HypervisorDriver;

@@ -20,16 +20,22 @@
  *   unpin, as the kernel does (an address must not stay mapped to a frame that
  *   is no longer pinned);
  * - `DeviceAddressSpaces` holds every live device mapping with the vGPU whose
- *   translation made it; the isolation checker reads nothing else.
+ *   translation made it; the isolation checker reads nothing else;
+ * - where the adapter declares `coreChoosesIova`, a device translation holds
+ *   one range the core placed in the device's space (device-iova.ts), given to
+ *   the adapter's map call and freed after the adapter unmapped it (at once
+ *   when the map failed). Other adapters' translations place nothing.
  */
 import { inject, injectable } from "tsyringe";
 import { Observable, type Disposable } from "../events/emitter.js";
 import { IHypervisorAdapter, type DeviceHandle, type DeviceMapping, type HypervisorAdapter, type GuestInvalidation } from "../hypervisor/hypervisor-adapter.js";
 import type { GuestPinPort } from "../hypervisor/guest-pin-port.js";
-import { VfioError } from "../errors/kernel-error.js";
+import { KernelError, VfioError } from "../errors/kernel-error.js";
 import { IOMMU_READ, IOMMU_WRITE } from "../vfio/type1/vfio-dma.js";
 import { PAGE_SIZE } from "../address/address.js";
 import { f64Array, u32Array } from "../address/typed-slab.js";
+import type { IovaRange } from "../dma-api/iova-domain.js";
+import { DeviceIova, type DeviceIovaOptions } from "./device-iova.js";
 
 /** Guest frames: a contiguous range, or an arbitrary list of frame numbers. */
 export type FrameSpec = { readonly start: number; readonly npages: number } | ArrayLike<number>;
@@ -98,6 +104,8 @@ interface TranslationRecord {
   readonly pins: GuestPinPort;
   readonly gfns: GfnList;
   readonly mapping: DeviceMapping | undefined;
+  /** The first device page the core placed the mapping at (coreChoosesIova), else undefined. */
+  readonly dfn: number | undefined;
 }
 
 /** The live device mappings of one physical device, each with the vGPU that owns it. */
@@ -105,6 +113,8 @@ interface DeviceSpace {
   readonly live: Map<DeviceMapping, string>;
   /** Sorted segment index for the checker, rebuilt after a change (checks are rare, maps are not). */
   index: { readonly start: BigUint64Array; readonly last: BigUint64Array; readonly owner: string[] } | undefined;
+  /** Where the core places translations for the device, once its adapter let it choose. */
+  iova: DeviceIova | undefined;
 }
 
 /**
@@ -113,16 +123,50 @@ interface DeviceSpace {
  * so the isolation checker sees them all; a platform registers one instance in
  * the scope its VMs descend from. Recording a mapping is O(1); the sorted
  * segment index the checker searches is built on the first check after a change.
+ * It also holds each device's placement space for adapters that let the core
+ * choose device addresses, so vGPUs of different VMs never get the same range.
  */
-@injectable()
 export class DeviceAddressSpaces {
   readonly #spaces = new Map<DeviceHandle, DeviceSpace>();
 
+  constructor(private readonly options: DeviceIovaOptions = {}) {}
+
   add(mapping: DeviceMapping, owner: string): void {
-    let space = this.#spaces.get(mapping.device);
-    if (space === undefined) this.#spaces.set(mapping.device, (space = { live: new Map(), index: undefined }));
+    const space = this.#space(mapping.device);
     space.live.set(mapping, owner);
     space.index = undefined;
+  }
+
+  /**
+   * Places an `npages` translation for `device` in its address space (see
+   * DeviceIova; the device's limits are read from `adapter` the first time):
+   * the first device page. ENOMEM `dma-mapping-error` when no range fits.
+   */
+  placeIova(adapter: HypervisorAdapter, device: DeviceHandle, npages: number): number {
+    let iova = this.#spaces.get(device)?.iova;
+    if (iova === undefined) {
+      iova = new DeviceIova(adapter.capabilities(device), this.options);
+      this.#space(device).iova = iova;
+    }
+    const pfn = iova.place(npages);
+    if (pfn < 0) throw new KernelError("ENOMEM", "dma-mapping-error", { device: device.name, npages });
+    return pfn;
+  }
+
+  /** Frees the range placed at `pfn` for `device`. */
+  freeIova(device: DeviceHandle, pfn: number): void {
+    this.#spaces.get(device)?.iova?.free(pfn);
+  }
+
+  /** The ranges placed for `device` and not yet freed, lowest first. */
+  placedRanges(device: DeviceHandle): IovaRange[] {
+    return this.#spaces.get(device)?.iova?.ranges() ?? [];
+  }
+
+  #space(device: DeviceHandle): DeviceSpace {
+    let space = this.#spaces.get(device);
+    if (space === undefined) this.#spaces.set(device, (space = { live: new Map(), index: undefined, iova: undefined }));
+    return space;
   }
 
   remove(mapping: DeviceMapping): void {
@@ -187,22 +231,26 @@ export class TranslateApi extends Observable<TranslateEvents> {
   translate(vdev: VgpuIdentity, frames: FrameSpec, options: TranslateOptions): Translation {
     const prot = options.prot;
     if (!Number.isInteger(prot) || prot === 0 || (prot & ~(IOMMU_READ | IOMMU_WRITE)) !== 0) throw new VfioError("EINVAL", "translate-bad-prot", { prot });
-    const gfns = normalizeFrames(frames, this.adapter.capabilities().maxPinPerCall);
+    const caps = this.adapter.capabilities();
+    const gfns = normalizeFrames(frames, caps.maxPinPerCall);
     const n = gfns.length;
     const pins = this.adapter.guestPins(vdev);
     const pfns = u32Array(n);
     const write = (prot & IOMMU_WRITE) !== 0;
     pins.pin(gfns, n, write, pfns);
     let mapping: DeviceMapping | undefined;
+    let dfn: number | undefined;
     if (options.device !== undefined) {
       try {
-        mapping = this.adapter.mapForDevice(options.device, pfns, n, write);
+        if (caps.coreChoosesIova) dfn = this.spaces.placeIova(this.adapter, options.device, n);
+        mapping = this.adapter.mapForDevice(options.device, pfns, n, write, dfn);
       } catch (e) {
+        if (dfn !== undefined) this.spaces.freeIova(options.device, dfn);
         pins.unpin(gfns, n);
         throw e;
       }
     }
-    const record: TranslationRecord = { id: this.#nextId++, vdev, pins, gfns, mapping };
+    const record: TranslationRecord = { id: this.#nextId++, vdev, pins, gfns, mapping, dfn };
     this.#records.set(record.id, record);
     let mine = this.#byVdev.get(vdev);
     if (mine === undefined) this.#byVdev.set(vdev, (mine = new Set()));
@@ -277,6 +325,7 @@ export class TranslateApi extends Observable<TranslateEvents> {
     if (record.mapping !== undefined) {
       this.spaces.remove(record.mapping);
       this.adapter.unmapForDevice(record.mapping);
+      if (record.dfn !== undefined) this.spaces.freeIova(record.mapping.device, record.dfn);
     }
     record.pins.unpin(record.gfns, record.gfns.length);
   }

@@ -61,7 +61,11 @@ export interface Vgpu {
   dmaUnmap(iova: bigint, length: bigint): void | Promise<void>;
   /** A guest write to a frame this vGPU protected, after it was emulated. */
   onGuestWrite(gpa: bigint, data: Uint8Array): void;
-  /** Protection of these frames ended with their memory slot. */
+  /**
+   * Write protection of frames in [firstGfn, firstGfn + npages) ended because
+   * the memory went away: a KVM memslot removed, or on Xen the frames' P2M
+   * entries (and with them the ioreq server's type) removed.
+   */
   onMemslotRemoved(firstGfn: number, npages: number): void;
   /** The display plane, or undefined when no plane is ready. */
   queryPlane(plane: "primary" | "cursor"): PlaneInfo | undefined;

@@ -162,10 +162,12 @@ scenario: { name: shutdown }
     expect(by(KVM)).to.include({ kind: "hypervisor-adapter" });
     expect(by(KVM).hypervisorOps).to.deep.equal(["recreateMemslot", "moveMemslot"]);
     expect(by("@vgpu-iommu/adapter-xen")).to.include({ kind: "hypervisor-adapter" });
+    expect(by("@vgpu-iommu/adapter-xen").hypervisorOps).to.deep.equal(["decreaseReservation", "populatePhysmap"]);
     expect(by(MOCK.package).types).to.deep.equal(["mock-small", "mock-large"]);
     expect(by(MOCK.package).guestOps).to.deep.equal(["map", "unmap", "mapHalves", "visibleAddresses"]);
     expect(by("@vgpu-iommu/plugin-gvt").guestOps).to.include.members(["submit", "mapHuge", "setPlane"]);
-    expect(out.scenarios).to.have.length(16);
+    // The sixteen built-ins and the Xen adapter's xen-guest-balloon.
+    expect(out.scenarios).to.have.length(17);
     expect(out.scenarios.find((s) => s.name === "huge-pages")!.runsOn).to.include("@vgpu-iommu/plugin-gvt").and.not.include(MOCK.package);
     expect(out.scenarios.find((s) => s.name === "migration-dirty")!.runsOn).to.include("@vgpu-iommu/plugin-nvidia").and.not.include("@vgpu-iommu/plugin-gvt");
     const text = await vgpuIommu(["list"]);
