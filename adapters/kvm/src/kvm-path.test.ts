@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { IOMMU_READ, IOMMU_WRITE, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
+import { IOMMU_READ, IOMMU_WRITE, type DirtyReport, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
 import { createKvmStack, type KvmStack } from "./kvm-stack.js";
 
 /** A vendor-like caller: maps guest frames for its parent GPU, and drops them when told to. */
@@ -149,6 +149,45 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     await vm.shutdown();
     expect(host.phys.totalPins).to.equal(0);
     expect(host.kernel.warnings).to.deep.equal([]);
+  });
+
+  it("the VM's dirty log is type1's bitmap on its container, read per mapped run: pins in every pass, a dma_rw write once", async () => {
+    const vm = await stack.platform.createVm({ name: "vm2", ramBytes: 64n << 20n, balloon: { bytes: 8n << 20n, blockBytes: 2n << 20n } });
+    const log = vm.dirtyLog!;
+    // No vGPU yet, so no container to log in.
+    expect([await log.start(), await log.read()]).to.deep.equal([-19, -19]);
+    const vgpu = (await vm.addVgpu(new MapperVendor(), "mapper", "vgpu2")) as MapperVgpu;
+    const base = Number(vm.balloonBase! >> 12n);
+    vgpu.map(0x100, 4);
+    expect(await log.start()).to.equal(0);
+    vgpu.map(base + 600, 1);
+    vgpu.services.dmaRw(0x200n << 12n, new Uint8Array(8), true);
+    const dirty = (reports: readonly DirtyReport[] | number) =>
+      typeof reports === "number" ? reports : reports.map((r) => [r.firstGfn, r.npages, [...Array(r.npages).keys()].filter((i) => (r.bitmap[i >> 3]! >> (i & 7)) & 1).map((i) => r.firstGfn + i)]);
+    // Low RAM, the BIOS ROM, and the four balloon blocks as one run of whole mappings.
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103, 0x200]],
+      [0xfffc0, 0x40, []],
+      [base, 0x800, [base + 600]],
+    ]);
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103]],
+      [0xfffc0, 0x40, []],
+      [base, 0x800, [base + 600]],
+    ]);
+    // Block 1 goes: its mapping (and the pin in it) with it; the run splits around the hole.
+    expect(await vm.balloonOut(1, 1)).to.equal(2n << 20n);
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103]],
+      [0xfffc0, 0x40, []],
+      [base, 0x200, []],
+      [base + 0x400, 0x400, []],
+    ]);
+    expect(await log.stop()).to.equal(0);
+    expect(await log.read()).to.equal(-22);
+    await vm.shutdown();
+    expect(stack.host.phys.totalPins).to.equal(0);
+    expect(stack.host.kernel.warnings).to.deep.equal([]);
   });
 
   it("maps for the parent in each DMA mode: merged in dma-iommu, one segment per frame in intel-2016 and direct", async () => {

@@ -68,6 +68,13 @@ export class ServicesLedger {
     return n;
   }
 
+  /** The distinct frames this vGPU holds pinned, ascending. */
+  heldFrames(): number[] {
+    const held = new Set(this.pins.keys());
+    for (const t of this.translations.values()) if (this.#live(t)) for (const g of t.gfns) held.add(g);
+    return [...held].sort((x, y) => x - y);
+  }
+
   liveTranslations(): number {
     let n = 0;
     for (const t of this.translations.values()) if (this.#live(t)) n++;
