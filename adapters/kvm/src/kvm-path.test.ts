@@ -1,4 +1,5 @@
 import { expect } from "chai";
+import { thrown } from "@vgpu-iommu/core/testing";
 import { IOMMU_READ, IOMMU_WRITE, type DirtyReport, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
 import { createKvmStack, type KvmStack } from "./kvm-stack.js";
 
@@ -127,13 +128,8 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     const held = s.translate({ start: 0x10, npages: 2 }, { prot: IOMMU_READ, device: s.parentDevice });
     const before = { pins: host.phys.totalPins, locked: vm.vmm.mm.lockedVm, mappings: parent.liveMappings, live: vm.translate.liveCount() };
     const failure = (fn: () => unknown): [string, number] => {
-      try {
-        fn();
-      } catch (e) {
-        const k = e as { code: string; errno: number };
-        return [k.code, k.errno];
-      }
-      return ["none", 0];
+      const e = thrown(fn);
+      return [e.code, e.errno];
     };
     const rw = IOMMU_READ | IOMMU_WRITE;
     // The PCI hole (3-4 GiB) is in no memslot and no VFIO mapping.
