@@ -37,6 +37,7 @@ export * from "./plugins/plugin-host.js";
 export * from "./vendor/vgpu-services.js";
 export * from "./vendor/vgpu-vendor.js";
 export * from "./vendor/vgpu-platform.js";
+export * from "./vendor/forwarding.js";
 export * from "./dma-api/dma-addr.js";
 export * from "./dma-api/iova-domain.js";
 export * from "./dma-api/flush-queue.js";

@@ -21,14 +21,13 @@ import {
   IOMMU_WRITE,
   VFIO_DMA_UNMAP_FLAG_ALL,
   VFIO_IOMMU_UNMAP_DMA,
-  isKernelError,
   vfioDmaRw,
   vfioPinPages,
   vfioUnpinPages,
   type Iova,
   type VfioDevice,
 } from "@vgpu-iommu/core";
-import { Fixture, NO_LEAKS, type Variant } from "@vgpu-iommu/core/testing";
+import { Fixture, NO_LEAKS, errnoOf, type Variant } from "@vgpu-iommu/core/testing";
 
 const PAGE = 4096;
 const GUEST_PAGES = 32;
@@ -164,17 +163,6 @@ class Reference {
   }
 }
 
-/** A vendor-API call as an errno. */
-function vendorCall(fn: () => unknown): number {
-  try {
-    fn();
-    return 0;
-  } catch (e) {
-    if (isKernelError(e)) return -e.errno;
-    throw e;
-  }
-}
-
 class Harness {
   private constructor(
     readonly variant: Variant,
@@ -264,7 +252,7 @@ class Harness {
         for (let i = 0; i < data.length; i++) data[i] = (op.fill + i) & 0xff;
         const addr = this.#rwAddr(op);
         const expected = ref.rw(addr, data, true);
-        expect(vendorCall(() => vfioDmaRw(this.device, BigInt(addr) as Iova, data, true)), "dma_rw write errno").to.equal(expected);
+        expect(errnoOf(() => vfioDmaRw(this.device, BigInt(addr) as Iova, data, true)), "dma_rw write errno").to.equal(expected);
         this.#record("write", expected);
         return;
       }
@@ -273,7 +261,7 @@ class Harness {
         const want = new Uint8Array(op.length);
         const expected = ref.rw(addr, want, false);
         const got = new Uint8Array(op.length);
-        expect(vendorCall(() => vfioDmaRw(this.device, BigInt(addr) as Iova, got, false)), "dma_rw read errno").to.equal(expected);
+        expect(errnoOf(() => vfioDmaRw(this.device, BigInt(addr) as Iova, got, false)), "dma_rw read errno").to.equal(expected);
         this.#record("read", expected);
         // On failure the chunks before the hole were copied, the rest left alone.
         expect(Buffer.from(got).equals(Buffer.from(want)), "bytes read").to.equal(true);
@@ -311,7 +299,7 @@ class Harness {
   pin(first: number, npages: number): void {
     const expected = this.ref.pinErrno(first, npages);
     const pages = new Uint32Array(npages);
-    expect(vendorCall(() => vfioPinPages(this.device, (BigInt(first) << 12n) as Iova, npages, IOMMU_READ | IOMMU_WRITE, pages)), "vfio_pin_pages errno").to.equal(expected);
+    expect(errnoOf(() => vfioPinPages(this.device, (BigInt(first) << 12n) as Iova, npages, IOMMU_READ | IOMMU_WRITE, pages)), "vfio_pin_pages errno").to.equal(expected);
     this.#record("pin", expected);
     if (expected !== 0) return;
     this.ref.pin(first, npages);

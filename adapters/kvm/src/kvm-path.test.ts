@@ -1,5 +1,6 @@
 import { expect } from "chai";
-import { IOMMU_READ, IOMMU_WRITE, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
+import { thrown } from "@vgpu-iommu/core/testing";
+import { IOMMU_READ, IOMMU_WRITE, type DirtyReport, type TranslationHandle, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
 import { createKvmStack, type KvmStack } from "./kvm-stack.js";
 
 /** A vendor-like caller: maps guest frames for its parent GPU, and drops them when told to. */
@@ -127,13 +128,8 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     const held = s.translate({ start: 0x10, npages: 2 }, { prot: IOMMU_READ, device: s.parentDevice });
     const before = { pins: host.phys.totalPins, locked: vm.vmm.mm.lockedVm, mappings: parent.liveMappings, live: vm.translate.liveCount() };
     const failure = (fn: () => unknown): [string, number] => {
-      try {
-        fn();
-      } catch (e) {
-        const k = e as { code: string; errno: number };
-        return [k.code, k.errno];
-      }
-      return ["none", 0];
+      const e = thrown(fn);
+      return [e.code, e.errno];
     };
     const rw = IOMMU_READ | IOMMU_WRITE;
     // The PCI hole (3-4 GiB) is in no memslot and no VFIO mapping.
@@ -171,6 +167,45 @@ describe("KVM path: listener, vendor mapping for its parent, balloon, invalidati
     await vm.shutdown();
     expect(host.phys.totalPins).to.equal(0);
     expect(host.kernel.warnings).to.deep.equal([]);
+  });
+
+  it("the VM's dirty log is type1's bitmap on its container, read per mapped run: pins in every pass, a dma_rw write once", async () => {
+    const vm = await stack.platform.createVm({ name: "vm2", ramBytes: 64n << 20n, balloon: { bytes: 8n << 20n, blockBytes: 2n << 20n } });
+    const log = vm.dirtyLog!;
+    // No vGPU yet, so no container to log in.
+    expect([await log.start(), await log.read()]).to.deep.equal([-19, -19]);
+    const vgpu = (await vm.addVgpu(new MapperVendor(), "mapper", "vgpu2")) as MapperVgpu;
+    const base = Number(vm.balloonBase! >> 12n);
+    vgpu.map(0x100, 4);
+    expect(await log.start()).to.equal(0);
+    vgpu.map(base + 600, 1);
+    vgpu.services.dmaRw(0x200n << 12n, new Uint8Array(8), true);
+    const dirty = (reports: readonly DirtyReport[] | number) =>
+      typeof reports === "number" ? reports : reports.map((r) => [r.firstGfn, r.npages, [...Array(r.npages).keys()].filter((i) => (r.bitmap[i >> 3]! >> (i & 7)) & 1).map((i) => r.firstGfn + i)]);
+    // Low RAM, the BIOS ROM, and the four balloon blocks as one run of whole mappings.
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103, 0x200]],
+      [0xfffc0, 0x40, []],
+      [base, 0x800, [base + 600]],
+    ]);
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103]],
+      [0xfffc0, 0x40, []],
+      [base, 0x800, [base + 600]],
+    ]);
+    // Block 1 goes: its mapping (and the pin in it) with it; the run splits around the hole.
+    expect(await vm.balloonOut(1, 1)).to.equal(2n << 20n);
+    expect(dirty(await log.read())).to.deep.equal([
+      [0, 0x4000, [0x100, 0x101, 0x102, 0x103]],
+      [0xfffc0, 0x40, []],
+      [base, 0x200, []],
+      [base + 0x400, 0x400, []],
+    ]);
+    expect(await log.stop()).to.equal(0);
+    expect(await log.read()).to.equal(-22);
+    await vm.shutdown();
+    expect(stack.host.phys.totalPins).to.equal(0);
+    expect(stack.host.kernel.warnings).to.deep.equal([]);
   });
 
   it("maps for the parent in each DMA mode: merged in dma-iommu, one segment per frame in intel-2016 and direct", async () => {

@@ -9,7 +9,8 @@
  * group), maps guest RAM, and opens the device fd, which opens the vGPU after
  * the kvmgt attach rules (-ESRCH, -EEXIST). The vGPU's services pin through
  * VFIO, track writes through KVM page-track, and map for its parent device
- * through the translate API over this adapter.
+ * through the translate API over this adapter. The VM's dirty log is type1's
+ * bitmap on its container, read by the VMM's listener.
  *
  * Teardown order is the VMM's: device fds first (the vendor releases its pins
  * in close), then groups, then the container.
@@ -35,6 +36,7 @@ import {
   vfioPinPages,
   vfioUnpinPages,
   type Host,
+  type DeviceDirtyLog,
   type PlatformVm,
   type Process,
   type VfioDevice,
@@ -92,6 +94,7 @@ export class KvmPlatform implements VgpuPlatform {
 
 class KvmPlatformVm implements PlatformVm {
   readonly name: string;
+  readonly dirtyLog: DeviceDirtyLog;
   #containerFd: number | undefined;
   readonly #vgpus = new Map<Vgpu, { vdev: VfioDevice; groupFd: number; deviceFd: number; vendor: VgpuVendor }>();
 
@@ -106,6 +109,7 @@ class KvmPlatformVm implements PlatformVm {
     readonly balloonBase: bigint | undefined,
   ) {
     this.name = vm.name;
+    this.dirtyLog = { start: () => qemu.setDirtyLogging(true), stop: () => qemu.setDirtyLogging(false), read: () => qemu.syncDirtyLog() };
   }
 
   async addVgpu(vendor: VgpuVendor, type: string, name: string): Promise<Vgpu> {

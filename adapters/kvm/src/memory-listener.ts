@@ -10,17 +10,28 @@
  * RamDiscardListener does, so unplugging (ballooning out) a block is a v2
  * UNMAP_DMA of whole mappings followed by discarding the pages.
  *
+ * During migration the listener's log_sync reads the container's dirty bitmap
+ * (VFIO_IOMMU_DIRTY_PAGES GET_BITMAP) over each mapped run of each section, in
+ * host pages, as QEMU does for a container without device dirty tracking.
+ *
  * Invariants: every RAM section has exactly one memslot and one MAP_DMA per
  * block; an unplugged block has neither a mapping nor backing pages.
  */
 import {
   ERRNO,
+  PAGE_SIZE_N,
   VFIO_DMA_MAP_FLAG_READ,
   VFIO_DMA_MAP_FLAG_WRITE,
+  VFIO_IOMMU_DIRTY_PAGES,
+  VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+  VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
+  VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP,
   VFIO_IOMMU_MAP_DMA,
   VFIO_IOMMU_UNMAP_DMA,
+  dirtyBitmapBytes,
   hvaToPfn,
   type BackingKind,
+  type DirtyReport,
   type Hva,
   type Host,
   type Process,
@@ -184,6 +195,39 @@ export class QemuVmm {
     this.process.munmap(s.hva);
     this.sections.splice(this.sections.indexOf(s), 1);
     return 0;
+  }
+
+  /** VFIO_IOMMU_DIRTY_PAGES START or STOP on the container: 0 or a negative errno; -ENODEV before a vGPU brought one. */
+  setDirtyLogging(on: boolean): Promise<number> {
+    if (this.containerFd === undefined) return Promise.resolve(-ERRNO.ENODEV);
+    const flags = on ? VFIO_IOMMU_DIRTY_PAGES_FLAG_START : VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP;
+    return this.host.ioctl(this.process, this.containerFd, VFIO_IOMMU_DIRTY_PAGES, { argsz: 8, flags });
+  }
+
+  /** log_sync: GET_BITMAP over each run of plugged blocks (whole mappings, never bisected); one report per run. */
+  async syncDirtyLog(): Promise<DirtyReport[] | number> {
+    if (this.containerFd === undefined) return -ERRNO.ENODEV;
+    const reports: DirtyReport[] = [];
+    for (const s of this.sections) {
+      for (let b = 0; b < s.plugged.length; ) {
+        if (!s.plugged[b]) {
+          b++;
+          continue;
+        }
+        let end = b + 1;
+        while (end < s.plugged.length && s.plugged[end]) end++;
+        const iova = s.gpa + BigInt(b) * s.block;
+        const size = BigInt(end - b) * s.block;
+        const npages = Number(size / PAGE_SIZE_N);
+        const bitmap = new Uint8Array(Number(dirtyBitmapBytes(BigInt(npages))));
+        const arg = { argsz: 48, flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP, data: { iova, size, bitmap: { pgsize: PAGE_SIZE_N, size: BigInt(bitmap.length), data: bitmap } } };
+        const r = await this.host.ioctl(this.process, this.containerFd, VFIO_IOMMU_DIRTY_PAGES, arg);
+        if (r !== 0) return r;
+        reports.push({ bitmap, firstGfn: Number(iova / PAGE_SIZE_N), npages });
+        b = end;
+      }
+    }
+    return reports;
   }
 
   #mapBlock(s: RamSection, b: number): Promise<number> {

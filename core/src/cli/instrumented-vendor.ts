@@ -14,56 +14,40 @@
  */
 import { isKernelError } from "../errors/kernel-error.js";
 import type { TranslateApi } from "../translate/translate-api.js";
-import type { DirtyReport, PlaneInfo, ResetKind, VendorCapabilities, Vgpu, VgpuType, VgpuVendor } from "../vendor/vgpu-vendor.js";
-import type { VgpuServices } from "../vendor/vgpu-services.js";
+import type { ResetKind, Vgpu, VgpuVendor } from "../vendor/vgpu-vendor.js";
+import { frameList, type VgpuServices } from "../vendor/vgpu-services.js";
+import { ForwardingVendor, ForwardingVgpu, forwardServices } from "../vendor/forwarding.js";
 import { PinLedger, type LedgerSegment } from "./pin-ledger.js";
 import type { RunRecorder } from "./run-recorder.js";
 
 const errnoOf = (e: unknown): string => (isKernelError(e) ? `${e.code} (${e.reason})` : e instanceof Error ? e.message : String(e));
 
 /** A vGPU as the platform holds it: every call reaches the vendor's own vGPU. */
-export class InstrumentedVgpu implements Vgpu {
+export class InstrumentedVgpu extends ForwardingVgpu {
   ignoreDmaUnmap = false;
-  readonly dirtyPages?: (firstGfn: number, npages: number) => DirtyReport;
 
   constructor(
-    readonly inner: Vgpu,
+    inner: Vgpu,
     readonly ledger: PinLedger,
     readonly services: VgpuServices,
     private readonly rec: RunRecorder,
   ) {
-    if (inner.dirtyPages !== undefined) this.dirtyPages = (firstGfn, npages) => inner.dirtyPages!(firstGfn, npages);
+    super(inner);
   }
 
-  get name(): string {
-    return this.inner.name;
-  }
-
-  get type(): string {
-    return this.inner.type;
-  }
-
-  open(): Promise<void> {
+  override open(): Promise<void> {
     this.rec.instant(`vgpu ${this.name}`, "open", "vgpu");
     return this.inner.open();
   }
 
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     await this.inner.close();
     this.rec.instant(`vgpu ${this.name}`, "close", "vgpu", { pinsLeft: this.ledger.liveRefs, mappingsLeft: this.ledger.mappingsLive });
     if (this.ledger.liveRefs !== 0) this.rec.violation(this.name, `${this.name} kept ${this.ledger.liveRefs} pin references after close`);
     this.rec.sample();
   }
 
-  read(region: number, offset: bigint, length: number): Uint8Array {
-    return this.inner.read(region, offset, length);
-  }
-
-  write(region: number, offset: bigint, data: Uint8Array): void {
-    this.inner.write(region, offset, data);
-  }
-
-  async reset(kind: ResetKind): Promise<void> {
+  override async reset(kind: ResetKind): Promise<void> {
     await this.inner.reset(kind);
     this.rec.instant(`vgpu ${this.name}`, `reset (${kind})`, "vgpu", { pinsLeft: this.ledger.liveRefs });
     this.rec.sample();
@@ -74,7 +58,7 @@ export class InstrumentedVgpu implements Vgpu {
     this.#interleaved = { when, action };
   }
 
-  dmaUnmap(iova: bigint, length: bigint): void | Promise<void> {
+  override dmaUnmap(iova: bigint, length: bigint): void | Promise<void> {
     this.ledger.invalidations++;
     this.rec.instant(`vgpu ${this.name}`, "dma_unmap", "invalidation", { iova: hex(iova), length: Number(length), ignored: this.ignoreDmaUnmap });
     if (this.ignoreDmaUnmap) return;
@@ -97,27 +81,19 @@ export class InstrumentedVgpu implements Vgpu {
     action();
   }
 
-  onGuestWrite(gpa: bigint, data: Uint8Array): void {
-    this.inner.onGuestWrite(gpa, data);
-  }
-
-  onMemslotRemoved(firstGfn: number, npages: number): void {
+  override onMemslotRemoved(firstGfn: number, npages: number): void {
     this.ledger.invalidations++;
     this.rec.instant(`vgpu ${this.name}`, "memslot removed", "invalidation", { firstGfn, npages });
     this.inner.onMemslotRemoved(firstGfn, npages);
     this.rec.sample();
   }
 
-  queryPlane(plane: "primary" | "cursor"): PlaneInfo | undefined {
-    return this.inner.queryPlane(plane);
-  }
-
-  getDmabuf(dmabufId: number): void {
+  override getDmabuf(dmabufId: number): void {
     this.inner.getDmabuf(dmabufId);
     this.rec.instant(`vgpu ${this.name}`, "dma-buf exported", "display", { dmabufId });
   }
 
-  releaseDmabuf(dmabufId: number): void {
+  override releaseDmabuf(dmabufId: number): void {
     this.inner.releaseDmabuf(dmabufId);
     this.rec.instant(`vgpu ${this.name}`, "dma-buf released", "display", { dmabufId });
   }
@@ -132,29 +108,19 @@ export class InstrumentedVgpu implements Vgpu {
 }
 
 /** The vendor the platform is handed. */
-export class InstrumentedVendor implements VgpuVendor {
+export class InstrumentedVendor extends ForwardingVendor {
   readonly #wrapped = new Map<string, InstrumentedVgpu>();
   /** Called when a vGPU is created, with its instrumented form. */
   onCreated: (vgpu: InstrumentedVgpu) => void = () => undefined;
 
   constructor(
-    readonly inner: VgpuVendor,
+    inner: VgpuVendor,
     readonly id: string,
     private readonly rec: RunRecorder,
     /** The translate API of the VM a services object belongs to (for revocations). */
     private readonly translateOf: (vm: string) => TranslateApi | undefined,
-  ) {}
-
-  get capabilities(): VendorCapabilities {
-    return this.inner.capabilities;
-  }
-
-  listTypes(): readonly VgpuType[] {
-    return this.inner.listTypes();
-  }
-
-  availableInstances(type: string): number {
-    return this.inner.availableInstances(type);
+  ) {
+    super(inner);
   }
 
   create(type: string, name: string, services: VgpuServices): Vgpu {
@@ -172,7 +138,7 @@ export class InstrumentedVendor implements VgpuVendor {
     return vgpu;
   }
 
-  destroy(vgpu: Vgpu): void {
+  override destroy(vgpu: Vgpu): void {
     const w = vgpu instanceof InstrumentedVgpu ? vgpu : this.#wrapped.get(vgpu.name);
     this.inner.destroy(w?.inner ?? vgpu);
     this.#wrapped.delete(vgpu.name);
@@ -205,9 +171,7 @@ function instrumentServices(inner: VgpuServices, ledger: PinLedger, rec: RunReco
     rec.instant(track, `${op} failed: ${errnoOf(e)}`, "error", args);
     rec.sample();
   };
-  return {
-    vm: inner.vm,
-    parentDevice: inner.parentDevice,
+  return forwardServices(inner, {
     pinPages(gfn, npage, prot, out) {
       let r: number;
       try {
@@ -279,21 +243,5 @@ function instrumentServices(inner: VgpuServices, ledger: PinLedger, rec: RunReco
       if (ledger.removeTranslation(handle.id)) rec.endAsync(mapTrack, "translation", "map", `${ledger.vgpu}:t${handle.id}`);
       rec.sample();
     },
-    checkIsolation: (visible) => inner.checkIsolation(visible),
-    protect: (gfn) => inner.protect(gfn),
-    unprotect: (gfn) => inner.unprotect(gfn),
-    injectIrq: (vector) => inner.injectIrq(vector),
-  };
-}
-
-function frameList(frames: Parameters<VgpuServices["translate"]>[0]): Float64Array {
-  if ("npages" in frames && "start" in frames && !("length" in frames)) {
-    const out = new Float64Array(frames.npages);
-    for (let i = 0; i < frames.npages; i++) out[i] = frames.start + i;
-    return out;
-  }
-  const list = frames as ArrayLike<number>;
-  const out = new Float64Array(list.length);
-  for (let i = 0; i < list.length; i++) out[i] = list[i]!;
-  return out;
+  });
 }

@@ -5,16 +5,22 @@
  * - `iommu-backed`: one vfio-pci group, everything pinned at MAP_DMA;
  * - `mixed`: both, external pins ride on MAP_DMA's charge;
  * - `memlock-limited`: mdev-only with RLIMIT_MEMLOCK of 64 pages.
+ *
+ * and the steps the suites repeat: pin and unpin through the emulated device
+ * (recorded where the default dmaUnmap finds them), UNMAP_DMA, and the leak
+ * check at the end. Helpers assert by throwing, so the module needs no test
+ * framework.
  */
 import { createHost, type Host, type HostOptions } from "../host/host.js";
 import type { Process } from "../host/process.js";
 import type { BackingKind } from "../host/memory-object.js";
 import type { IommuHardware, ReservedRegion } from "../iommu/iommu-domain.js";
 import type { VfioDevice, VfioDeviceOps } from "../vfio/vfio-device.js";
-import { VFIO_GROUP_GET_DEVICE_FD, VFIO_GROUP_SET_CONTAINER, VFIO_IOMMU_MAP_DMA, VFIO_SET_IOMMU } from "../vfio/uapi.js";
-import { VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU, type Type1Iommu } from "../vfio/type1/type1-iommu.js";
-import type { Hva, Iova } from "../address/address.js";
-import { vfioUnpinPages } from "../vfio/vendor-api.js";
+import { VFIO_GROUP_GET_DEVICE_FD, VFIO_GROUP_SET_CONTAINER, VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA, VFIO_SET_IOMMU } from "../vfio/uapi.js";
+import { VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_DMA_UNMAP_FLAG_ALL, VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU, type Type1Iommu } from "../vfio/type1/type1-iommu.js";
+import type { VfioDma } from "../vfio/type1/vfio-dma.js";
+import { addrOfPage, type Hva, type Iova } from "../address/address.js";
+import { IOMMU_READ, IOMMU_WRITE, vfioPinPages, vfioUnpinPages } from "../vfio/vendor-api.js";
 
 export const invariantsEnabled = process.env["VGPU_IOMMU_DEBUG"] !== "0";
 
@@ -29,6 +35,17 @@ export interface Leaks {
 }
 
 export const NO_LEAKS: Leaks = { pinnedFrames: 0, lockedVm: 0, mappings: 0, externalPins: 0, warnings: 0, listeners: 0, crashed: 0 };
+
+/** What is still held on `host`: every field is 0 when nothing leaked. */
+export function hostLeaks(host: Host): Leaks {
+  const s = host.stats();
+  let listeners = host.kernel.listenerCount();
+  for (const b of host.backends) listeners += b.listenerCount();
+  return { pinnedFrames: s.pinnedFrames, lockedVm: host.processes.reduce((n, p) => n + p.mm.lockedVm, 0), mappings: s.mappings, externalPins: s.externalPins, warnings: s.warnings, listeners, crashed: s.crashed ? 1 : 0 };
+}
+
+/** The IOVA of page `page`. */
+export const iovaOf = (page: number): Iova => addrOfPage(page) as Iova;
 
 export type Variant = "mdev-only" | "iommu-backed" | "mixed" | "memlock-limited";
 export const VARIANTS: readonly Variant[] = ["mdev-only", "iommu-backed", "mixed", "memlock-limited"];
@@ -149,10 +166,17 @@ export class Fixture {
 
   /** What a test must have released; every field is 0 when nothing leaked. */
   leaks(): Leaks {
-    const s = this.host.stats();
-    let listeners = this.host.kernel.listenerCount();
-    for (const b of this.host.backends) listeners += b.listenerCount();
-    return { pinnedFrames: s.pinnedFrames, lockedVm: this.host.processes.reduce((n, p) => n + p.mm.lockedVm, 0), mappings: s.mappings, externalPins: s.externalPins, warnings: s.warnings, listeners, crashed: s.crashed ? 1 : 0 };
+    return hostLeaks(this.host);
+  }
+
+  /** Tears down, ends `others`, and throws unless every leak is 0 but those `expected` names. */
+  async finish(expected: Partial<Leaks> = {}, others: readonly Process[] = []): Promise<void> {
+    await this.teardown();
+    for (const p of others) p.exit();
+    const want: Leaks = { ...NO_LEAKS, ...expected };
+    const got = this.leaks();
+    const wrong = (Object.keys(want) as (keyof Leaks)[]).filter((k) => got[k] !== want[k]);
+    if (wrong.length > 0) throw new Error(`leaks: ${wrong.map((k) => `${k} is ${got[k]}, expected ${want[k]}`).join("; ")}`);
   }
 
   get iommu(): Type1Iommu {
@@ -160,9 +184,60 @@ export class Fixture {
     return c!.iommu!;
   }
 
+  /** The mapping that starts at IOVA page `page`; throws when there is none. */
+  dmaAt(page: number): VfioDma {
+    const dma = this.iommu.dmas.get(page);
+    if (dma === undefined) throw new Error(`no mapping at IOVA page ${page}`);
+    return dma;
+  }
+
+  /**
+   * vfioPinPages of [page, page + npage) through `vdev` (the fixture's device),
+   * which must pin them all; records the pins where the default dmaUnmap finds
+   * them and checks the invariants. Returns the host frames.
+   */
+  pin(page: number, npage = 1, prot = IOMMU_READ | IOMMU_WRITE, vdev: VfioDevice = this.device!): Uint32Array {
+    const pages = new Uint32Array(npage);
+    const r = vfioPinPages(vdev, iovaOf(page), npage, prot, pages);
+    if (r !== npage) throw new Error(`vfioPinPages(page ${page}, ${npage}) returned ${r}`);
+    for (let i = 0; i < npage; i++) this.pinned.set(page + i, (this.pinned.get(page + i) ?? 0) + 1);
+    this.check();
+    return pages;
+  }
+
+  /** vfioUnpinPages of [page, page + npage) through the fixture's device, forgetting the recorded pins. */
+  unpin(page: number, npage = 1): void {
+    vfioUnpinPages(this.device!, iovaOf(page), npage);
+    for (let i = 0; i < npage; i++) {
+      const refs = (this.pinned.get(page + i) ?? 0) - 1;
+      if (refs > 0) this.pinned.set(page + i, refs);
+      else this.pinned.delete(page + i);
+    }
+    this.check();
+  }
+
+  /** VFIO_IOMMU_UNMAP_DMA: the result and the size the kernel wrote back. */
+  async unmap(iova: bigint, size: bigint, flags = 0): Promise<{ ret: number; size: bigint }> {
+    const arg = { argsz: 24, flags, iova, size };
+    const ret = await this.host.ioctl(this.qemu, this.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
+    return { ret, size: arg.size };
+  }
+
+  /** VFIO_DMA_UNMAP_FLAG_ALL, which must succeed and leave no pin and no mapping. */
+  async unmapAll(): Promise<void> {
+    const { ret } = await this.unmap(0n, 0n, VFIO_DMA_UNMAP_FLAG_ALL);
+    if (ret !== 0 || this.pinned.size !== 0 || this.host.stats().mappings !== 0) throw new Error(`UNMAP_DMA(ALL): ${ret}, ${this.pinned.size} pinned pages left, ${this.host.stats().mappings} mappings left`);
+    this.check();
+  }
+
   /** VFIO_IOMMU_MAP_DMA of guest RAM at `iova` (default: all of it at IOVA 0). */
   map(iova = 0n, size = this.guestBytes, offset = 0n, flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE): Promise<number> {
-    return this.host.ioctl(this.qemu, this.containerFd, VFIO_IOMMU_MAP_DMA, { argsz: 32, flags, vaddr: this.guestRam + offset, iova, size });
+    return this.mapFrom(this.qemu, this.containerFd, this.guestRam + offset, iova, size, flags);
+  }
+
+  /** VFIO_IOMMU_MAP_DMA as `current` through its container fd `fd` (another process may hold the container). */
+  mapFrom(current: Process, fd: number, vaddr: bigint, iova: bigint, size: bigint, flags = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE): Promise<number> {
+    return this.host.ioctl(current, fd, VFIO_IOMMU_MAP_DMA, { argsz: 32, flags, vaddr, iova, size });
   }
 }
 

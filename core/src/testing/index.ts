@@ -1,1 +1,3 @@
 export * from "./fixture.js";
+export * from "./fake-services.js";
+export * from "./errors.js";

@@ -7,7 +7,9 @@
  * a vendor's type, gives it its services and opens it as the VMM would (on KVM:
  * an mdev in the VM's VFIO container, opened through the device fd); removing
  * it closes and destroys it. Balloon operations change the guest's memory the
- * way the hypervisor does, including the invalidations they cause.
+ * way the hypervisor does, including the invalidations they cause. Where the
+ * platform logs the guest frames devices dirty (KVM: type1's dirty bitmap on
+ * the VM's container), `dirtyLog` gives it as a migration loop reads it.
  */
 import { createToken } from "../di/token.js";
 import type { Host } from "../host/host.js";
@@ -15,7 +17,7 @@ import type { Process } from "../host/process.js";
 import type { BackingKind } from "../host/memory-object.js";
 import type { HypervisorAdapter } from "../hypervisor/hypervisor-adapter.js";
 import type { TranslateApi } from "../translate/translate-api.js";
-import type { Vgpu, VgpuVendor } from "./vgpu-vendor.js";
+import type { DirtyReport, Vgpu, VgpuVendor } from "./vgpu-vendor.js";
 
 export interface VmSpec {
   readonly name: string;
@@ -26,6 +28,19 @@ export interface VmSpec {
   readonly capIpcLock?: boolean;
   /** Balloonable memory, in blocks that come and go whole. */
   readonly balloon?: { readonly bytes: bigint; readonly blockBytes: bigint };
+}
+
+/**
+ * The VMM's log of guest frames dirtied by device DMA, for live migration. Each
+ * read is one pass of the migration loop: it clears what it returns, and the
+ * backend sets again what stays dirty (on KVM, every frame still pinned).
+ */
+export interface DeviceDirtyLog {
+  /** Starts logging; frames already pinned are dirty from the start. 0 or a negative errno. */
+  start(): Promise<number>;
+  stop(): Promise<number>;
+  /** One report per mapped run of guest RAM, or a negative errno. */
+  read(): Promise<readonly DirtyReport[] | number>;
 }
 
 export interface PlatformVm {
@@ -42,6 +57,8 @@ export interface PlatformVm {
   /** Takes balloon blocks away from the guest; returns bytes removed or a negative errno. */
   balloonOut(firstBlock: number, count: number): Promise<bigint | number>;
   balloonIn(firstBlock: number, count: number): Promise<number>;
+  /** Undefined where the platform has no log of device-dirtied frames in the model. */
+  readonly dirtyLog?: DeviceDirtyLog;
   /** Closes every vGPU and ends the VMM. */
   shutdown(): Promise<void>;
 }

@@ -35,3 +35,16 @@ export interface VgpuServices {
   /** Signals the guest; false when nobody listens any more (the VMM has gone). */
   injectIrq(vector: number): boolean;
 }
+
+/** The frames of a translate request, in order (a range expanded), for whoever records them. */
+export function frameList(frames: FrameSpec): Float64Array {
+  if ("start" in frames && "npages" in frames && !("length" in frames)) {
+    const out = new Float64Array(frames.npages);
+    for (let i = 0; i < frames.npages; i++) out[i] = frames.start + i;
+    return out;
+  }
+  const list = frames as ArrayLike<number>;
+  const out = new Float64Array(list.length);
+  for (let i = 0; i < list.length; i++) out[i] = list[i]!;
+  return out;
+}

@@ -8,7 +8,8 @@
  * by an unpin or a sweep; after dmaUnmap(range) the vGPU holds no pin in the
  * range; every DMA mapping is unmapped exactly once with its size; close and
  * reset leave nothing behind; no device-visible address outside what the vGPU
- * owns.
+ * owns; while dirty logging is on, every frame it holds pinned is reported
+ * dirty, in its own migration report too when it declares migration.
  */
 import { createToken } from "../di/token.js";
 import type { VgpuServices } from "./vgpu-services.js";

@@ -6,7 +6,7 @@
  */
 import { expect } from "chai";
 import { inspect } from "node:util";
-import { NO_LEAKS, VTD, X86_MSI, type Leaks } from "../testing/fixture.js";
+import { NO_LEAKS, VTD, X86_MSI, hostLeaks } from "../testing/fixture.js";
 import { createHost, type Host } from "../host/host.js";
 import type { Process } from "../host/process.js";
 import type { Hva } from "../address/address.js";
@@ -86,21 +86,6 @@ function containerOf(w: World, fd: number): VfioContainer {
   return file!.container!;
 }
 
-function leaksOf(host: Host): Leaks {
-  const s = host.stats();
-  let listeners = host.kernel.listenerCount();
-  for (const b of host.backends) listeners += b.listenerCount();
-  return {
-    pinnedFrames: s.pinnedFrames,
-    lockedVm: host.processes.reduce((n, p) => n + p.mm.lockedVm, 0),
-    mappings: s.mappings,
-    externalPins: s.externalPins,
-    warnings: s.warnings,
-    listeners,
-    crashed: s.crashed ? 1 : 0,
-  };
-}
-
 /** Closes what is still open (devices first, as QEMU's exit does), ends the process, and checks nothing leaked. */
 async function finish(w: World): Promise<void> {
   const fds = [...w.qemu.files.keys()].sort((a, b) => b - a);
@@ -108,7 +93,7 @@ async function finish(w: World): Promise<void> {
   w.qemu.exit();
   w.host.assertInvariants();
   expect(w.host.vfio.containers.size).to.equal(0);
-  expect(leaksOf(w.host)).to.deep.equal(NO_LEAKS);
+  expect(hostLeaks(w.host)).to.deep.equal(NO_LEAKS);
 }
 
 describe("uapi: opening VFIO group nodes", () => {

@@ -9,11 +9,12 @@
  * external pin adds a second host pin and no charge.
  */
 import { expect } from "chai";
-import { Fixture, NO_LEAKS, VARIANTS, VTD, X86_MSI, type Leaks, type Variant } from "../testing/fixture.js";
+import { Fixture, VARIANTS, VTD, X86_MSI, type Variant, iovaOf } from "../testing/fixture.js";
+import { expectKernelError } from "../testing/errors.js";
 import { createHost } from "../host/host.js";
-import type { Process } from "../host/process.js";
+
 import { VfioError } from "../errors/kernel-error.js";
-import { ERRNO, type ErrnoName } from "../errors/errno.js";
+import { ERRNO } from "../errors/errno.js";
 import { pageOf, type Iova } from "../address/address.js";
 import {
   IOMMU_READ,
@@ -55,66 +56,8 @@ const atMap = (variant: Variant, npages: number): number => (variant === "mixed"
 /** What the first external pin of an IOVA charges: 1 only without an IOMMU domain (section 3.1). */
 const pinCharge = (variant: Variant): number => (variant === "mixed" ? 0 : 1);
 
-const iovaOf = (page: number): Iova => (BigInt(page) << 12n) as Iova;
-
-function expectErr(fn: () => unknown, code: ErrnoName, reason: string): VfioError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught, `expected ${code} (${reason})`).to.be.instanceOf(VfioError);
-  const err = caught as VfioError;
-  expect({ code: err.code, errno: err.errno, reason: err.reason }).to.deep.equal({ code, errno: ERRNO[code], reason });
-  return err;
-}
-
 /** The host frame the fixture's process maps at guest RAM page `offset`. */
 const frameAt = (f: Fixture, offset: number): number => f.qemu.mm.translate(pageOf(f.guestRam) + offset);
-
-const dmaAt = (f: Fixture, page: number) => {
-  const dma = f.iommu.dmas.get(page);
-  expect(dma, `a mapping at IOVA page ${page}`).to.not.equal(undefined);
-  return dma!;
-};
-
-/** Pins through the device and records the pins where the fixture's dmaUnmap finds them. */
-function pin(f: Fixture, page: number, npage: number, prot = RW): Uint32Array {
-  const pages = new Uint32Array(npage);
-  expect(vfioPinPages(f.device!, iovaOf(page), npage, prot, pages)).to.equal(npage);
-  for (let i = 0; i < npage; i++) f.pinned.set(page + i, (f.pinned.get(page + i) ?? 0) + 1);
-  f.check();
-  return pages;
-}
-
-function unpin(f: Fixture, page: number, npage: number): void {
-  vfioUnpinPages(f.device!, iovaOf(page), npage);
-  for (let i = 0; i < npage; i++) {
-    const refs = (f.pinned.get(page + i) ?? 0) - 1;
-    if (refs > 0) f.pinned.set(page + i, refs);
-    else f.pinned.delete(page + i);
-  }
-  f.check();
-}
-
-function mapAt(f: Fixture, current: Process, fd: number, vaddr: bigint, iova: bigint, size: bigint, flags = MAP_RW): Promise<number> {
-  return f.host.ioctl(current, fd, VFIO_IOMMU_MAP_DMA, { argsz: 32, flags, vaddr, iova, size });
-}
-
-async function unmapAll(f: Fixture): Promise<void> {
-  const arg = { argsz: 24, flags: VFIO_DMA_UNMAP_FLAG_ALL, iova: 0n, size: 0n };
-  expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, arg)).to.equal(0);
-  expect(f.pinned.size).to.equal(0);
-  expect(f.host.stats().mappings).to.equal(0);
-  f.check();
-}
-
-async function finish(f: Fixture, expected: Partial<Leaks> = {}, others: readonly Process[] = []): Promise<void> {
-  await f.teardown();
-  for (const p of others) p.exit();
-  expect(f.leaks()).to.deep.equal({ ...NO_LEAKS, ...expected });
-}
 
 describe("vendor API: vfioPinPages (contiguous form)", () => {
   for (const variant of DEVICE_VARIANTS) {
@@ -126,31 +69,31 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         f.check();
         const base = atMap(variant, 256);
         expect(f.host.phys.totalPins).to.equal(base);
-        const pages = pin(f, 256 + 3, 16);
+        const pages = f.pin(256 + 3, 16);
         for (let i = 0; i < 16; i++) {
           const frame = frameAt(f, 8 + 3 + i);
           expect(pages[i]).to.equal(frame);
           expect(f.host.phys.pins[frame]).to.equal(1 + atMap(variant, 1));
         }
         expect(new Set(pages).size).to.equal(16);
-        const dma = dmaAt(f, 256);
+        const dma = f.dmaAt(256);
         expect(dma.vpfnCount).to.equal(16);
         expect(dma.lockedVm).to.equal(base + 16 * pinCharge(variant));
         expect(f.qemu.mm.lockedVm).to.equal(base + 16 * pinCharge(variant));
         expect(f.host.phys.totalPins).to.equal(base + 16);
-        await unmapAll(f);
+        await f.unmapAll();
         expect(f.host.phys.totalPins).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(0);
-        await finish(f);
+        await f.finish();
       });
 
       it("counts references per IOVA: one vfio_pfn, one host pin and one charge however often it is pinned", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
         const base = atMap(variant, GUEST_PAGES);
-        const first = pin(f, 5, 1);
-        const again = pin(f, 4, 3);
-        const dma = dmaAt(f, 0);
+        const first = f.pin(5, 1);
+        const again = f.pin(4, 3);
+        const dma = f.dmaAt(0);
         expect(again[1]).to.equal(first[0]);
         expect([dma.refsAt(4), dma.refsAt(5), dma.refsAt(6)]).to.deep.equal([1, 2, 1]);
         expect(dma.vpfnCount).to.equal(3);
@@ -158,16 +101,16 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(f.host.phys.totalPins).to.equal(base + 3);
         expect(f.qemu.mm.lockedVm).to.equal(base + 3 * pinCharge(variant));
         expect(dma.lockedVm).to.equal(base + 3 * pinCharge(variant));
-        unpin(f, 4, 3);
+        f.unpin(4, 3);
         expect([dma.refsAt(4), dma.refsAt(5), dma.refsAt(6)]).to.deep.equal([0, 1, 0]);
         expect(f.host.phys.pins[first[0]!]).to.equal(1 + atMap(variant, 1));
         expect(f.qemu.mm.lockedVm).to.equal(base + pinCharge(variant));
-        unpin(f, 5, 1);
+        f.unpin(5, 1);
         expect(dma.vpfnCount).to.equal(0);
         expect(f.host.phys.pins[first[0]!]).to.equal(atMap(variant, 1));
         expect(f.host.phys.totalPins).to.equal(base);
         expect(f.qemu.mm.lockedVm).to.equal(base);
-        await finish(f);
+        await f.finish();
       });
 
       it(`takes at most ${VFIO_PIN_PAGES_MAX_ENTRIES} pages a call: ${VFIO_PIN_PAGES_MAX_ENTRIES + 1} is -E2BIG`, async () => {
@@ -175,13 +118,13 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(await f.map()).to.equal(0);
         const base = atMap(variant, GUEST_PAGES);
         const big = new Uint32Array(513).fill(UNTOUCHED);
-        expectErr(() => vfioPinPages(f.device!, iovaOf(0), 513, RW, big), "E2BIG", "pin-too-many-pages");
+        expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 513, RW, big), "E2BIG", "pin-too-many-pages", VfioError);
         expect(big.every((x) => x === UNTOUCHED)).to.equal(true);
         expect(f.host.stats().externalPins).to.equal(0);
         if (variant === "memlock-limited") {
           // 512 fresh pages exceed the 64-page RLIMIT_MEMLOCK: pages 0-63 pin and charge, page 64 fails, all undone.
           const pages = new Uint32Array(512).fill(UNTOUCHED);
-          const err = expectErr(() => vfioPinPages(f.device!, iovaOf(0), 512, RW, pages), "ENOMEM", "pin-external-failed");
+          const err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 512, RW, pages), "ENOMEM", "pin-external-failed", VfioError);
           expect(err.fields.done).to.equal(64);
           expect(pages.subarray(0, 65).every((x) => x === 0)).to.equal(true);
           expect(pages.subarray(65).every((x) => x === UNTOUCHED)).to.equal(true);
@@ -189,45 +132,45 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
           expect(f.host.phys.totalPins).to.equal(0);
           expect(f.host.kernel.messages).to.deep.equal(["vfio_pin_page_external: Task qemu (100) RLIMIT_MEMLOCK (262144) exceeded"]);
         } else {
-          pin(f, 0, 512);
+          f.pin(0, 512);
           expect(f.host.phys.totalPins).to.equal(base + 512);
           expect(f.qemu.mm.lockedVm).to.equal(base + 512 * pinCharge(variant));
-          expect(dmaAt(f, 0).vpfnCount).to.equal(512);
-          unpin(f, 0, 512);
+          expect(f.dmaAt(0).vpfnCount).to.equal(512);
+          f.unpin(0, 512);
         }
         f.check();
         expect(f.host.phys.totalPins).to.equal(base);
-        await finish(f);
+        await f.finish();
       });
 
       it("rejects npage 0 and an output that is not a Uint32Array with -EINVAL, a short output with -EFAULT", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
         const dev = f.device!;
-        expectErr(() => vfioPinPages(dev, iovaOf(0), 0, RW, new Uint32Array(1)), "EINVAL", "pin-bad-arguments");
-        expectErr(() => vfioPinPages(dev, iovaOf(0), 1, RW, [0] as unknown as Uint32Array), "EINVAL", "pin-bad-arguments");
-        expectErr(() => vfioPinPages(dev, iovaOf(0), 1, RW, new Uint8Array(4) as unknown as Uint32Array), "EINVAL", "pin-bad-arguments");
+        expectKernelError(() => vfioPinPages(dev, iovaOf(0), 0, RW, new Uint32Array(1)), "EINVAL", "pin-bad-arguments", VfioError);
+        expectKernelError(() => vfioPinPages(dev, iovaOf(0), 1, RW, [0] as unknown as Uint32Array), "EINVAL", "pin-bad-arguments", VfioError);
+        expectKernelError(() => vfioPinPages(dev, iovaOf(0), 1, RW, new Uint8Array(4) as unknown as Uint32Array), "EINVAL", "pin-bad-arguments", VfioError);
         // Model convention: an output array shorter than npage is a fault on the caller's buffer.
-        expectErr(() => vfioPinPages(dev, iovaOf(0), 4, RW, new Uint32Array(2)), "EFAULT", "pin-output-too-short");
+        expectKernelError(() => vfioPinPages(dev, iovaOf(0), 4, RW, new Uint32Array(2)), "EFAULT", "pin-output-too-short", VfioError);
         f.check();
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.host.phys.totalPins).to.equal(atMap(variant, GUEST_PAGES));
         expect(f.host.kernel.warnings).to.deep.equal([]);
-        await finish(f);
+        await f.finish();
       });
 
       it("on a device that is not open: -EINVAL and one WARN per call; npage 0 is refused before the WARN", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
-        pin(f, 0, 2);
-        unpin(f, 0, 2);
+        f.pin(0, 2);
+        f.unpin(0, 2);
         expect(await f.host.close(f.qemu, f.deviceFd!)).to.equal(0);
         expect(f.device!.isOpen).to.equal(false);
         const pages = new Uint32Array(4);
-        expectErr(() => vfioPinPages(f.device!, iovaOf(0), 4, RW, pages), "EINVAL", "pin-device-not-open");
+        expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 4, RW, pages), "EINVAL", "pin-device-not-open", VfioError);
         expect(f.host.kernel.warnings.map((w) => w.site)).to.deep.equal(["vfio_pin_pages"]);
         expect([...pages]).to.deep.equal([0, 0, 0, 0]);
-        expectErr(() => vfioPinPages(f.device!, iovaOf(0), 0, RW, pages), "EINVAL", "pin-bad-arguments");
+        expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 0, RW, pages), "EINVAL", "pin-bad-arguments", VfioError);
         expect(f.host.kernel.warnings.length).to.equal(1);
         // vfio_unpin_pages returns void: a closed device is a WARN and nothing else.
         vfioUnpinPages(f.device!, iovaOf(0), 1);
@@ -236,7 +179,7 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.host.phys.totalPins).to.equal(atMap(variant, GUEST_PAGES));
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, GUEST_PAGES));
-        await finish(f, { warnings: 2 });
+        await f.finish({ warnings: 2 });
       });
 
       it("refuses a device without dmaUnmap (-EINVAL); its unpin is a WARN; a Gen A notifier still lets it pin by array", async () => {
@@ -245,7 +188,7 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         const dev = f.device!;
         expect(dev.dmaUnmap).to.equal(undefined);
         expect(f.iommu.devices.length).to.equal(0);
-        expectErr(() => vfioPinPages(dev, iovaOf(0), 1, RW, new Uint32Array(1)), "EINVAL", "pin-without-dma-unmap");
+        expectKernelError(() => vfioPinPages(dev, iovaOf(0), 1, RW, new Uint32Array(1)), "EINVAL", "pin-without-dma-unmap", VfioError);
         expect(f.host.kernel.warnings).to.deep.equal([]);
         vfioUnpinPages(dev, iovaOf(0), 1);
         expect(f.host.kernel.warnings.map((w) => w.message)).to.deep.equal(["device has no dma_unmap"]);
@@ -261,7 +204,7 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         vfioUnregisterNotifier(dev, nb);
         f.check();
         expect(f.host.stats().externalPins).to.equal(0);
-        await finish(f, { warnings: 1 });
+        await f.finish({ warnings: 1 });
       });
 
       // The memlock-limited variant is mdev-only with a limit: nothing more to see on v1.
@@ -271,11 +214,11 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
           expect(f.iommu.v2).to.equal(false);
           expect(await f.map()).to.equal(0);
           const pages = new Uint32Array(1);
-          expectErr(() => vfioPinPages(f.device!, iovaOf(0), 1, RW, pages), "EACCES", "pin-on-type1-v1");
+          expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 1, RW, pages), "EACCES", "pin-on-type1-v1", VfioError);
           const nb: DmaUnmapNotifier = () => {};
           vfioRegisterNotifier(f.device!, { value: VFIO_IOMMU_NOTIFY_DMA_UNMAP }, nb);
-          expectErr(() => vfioPinPagesArray(f.device!, [0], 1, RW, pages), "EACCES", "pin-on-type1-v1");
-          expectErr(() => vfioUnpinPagesArray(f.device!, [0], 1), "EACCES", "unpin-on-type1-v1");
+          expectKernelError(() => vfioPinPagesArray(f.device!, [0], 1, RW, pages), "EACCES", "pin-on-type1-v1", VfioError);
+          expectKernelError(() => vfioUnpinPagesArray(f.device!, [0], 1), "EACCES", "unpin-on-type1-v1", VfioError);
           vfioUnregisterNotifier(f.device!, nb);
           expect(f.host.kernel.warnings).to.deep.equal([]);
           vfioUnpinPages(f.device!, iovaOf(0), 1);
@@ -283,23 +226,23 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
           f.check();
           expect(f.host.stats().externalPins).to.equal(0);
           expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, GUEST_PAGES));
-          await finish(f, { warnings: 1 });
+          await f.finish({ warnings: 1 });
         });
       }
 
       it("refuses an IOVA outside every mapping with -EINVAL", async () => {
         const f = await Fixture.create({ variant });
         const pages = new Uint32Array(1);
-        let err = expectErr(() => vfioPinPages(f.device!, iovaOf(0), 1, RW, pages), "EINVAL", "pin-outside-mappings");
+        let err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(0), 1, RW, pages), "EINVAL", "pin-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 0n, done: 0 });
         expect(await f.map(0n, 16n * PAGE)).to.equal(0);
-        err = expectErr(() => vfioPinPages(f.device!, iovaOf(16), 1, RW, pages), "EINVAL", "pin-outside-mappings");
+        err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(16), 1, RW, pages), "EINVAL", "pin-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 16n * PAGE, done: 0 });
-        expectErr(() => vfioPinPages(f.device!, iovaOf(100_000), 1, RW, pages), "EINVAL", "pin-outside-mappings");
+        expectKernelError(() => vfioPinPages(f.device!, iovaOf(100_000), 1, RW, pages), "EINVAL", "pin-outside-mappings", VfioError);
         f.check();
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, 16));
-        await finish(f);
+        await f.finish();
       });
 
       it("refuses a prot the mapping does not allow with -EPERM", async () => {
@@ -308,32 +251,32 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(await f.map(16n * PAGE, 16n * PAGE, 16n * PAGE, VFIO_DMA_MAP_FLAG_WRITE)).to.equal(0);
         f.check();
         const pages = new Uint32Array(1);
-        let err = expectErr(() => vfioPinPages(f.device!, iovaOf(1), 1, IOMMU_WRITE, pages), "EPERM", "pin-prot-not-allowed");
+        let err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(1), 1, IOMMU_WRITE, pages), "EPERM", "pin-prot-not-allowed", VfioError);
         expect(err.fields).to.deep.equal({ iova: PAGE, prot: IOMMU_WRITE, mappingProt: IOMMU_READ, done: 0 });
-        expectErr(() => vfioPinPages(f.device!, iovaOf(1), 1, RW, pages), "EPERM", "pin-prot-not-allowed");
-        err = expectErr(() => vfioPinPages(f.device!, iovaOf(17), 1, IOMMU_READ, pages), "EPERM", "pin-prot-not-allowed");
+        expectKernelError(() => vfioPinPages(f.device!, iovaOf(1), 1, RW, pages), "EPERM", "pin-prot-not-allowed", VfioError);
+        err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(17), 1, IOMMU_READ, pages), "EPERM", "pin-prot-not-allowed", VfioError);
         expect(err.fields["mappingProt"]).to.equal(IOMMU_WRITE);
         expect(f.host.stats().externalPins).to.equal(0);
-        expect(pin(f, 1, 1, IOMMU_READ)[0]).to.equal(frameAt(f, 1));
-        expect(pin(f, 17, 1, IOMMU_WRITE)[0]).to.equal(frameAt(f, 17));
+        expect(f.pin(1, 1, IOMMU_READ)[0]).to.equal(frameAt(f, 1));
+        expect(f.pin(17, 1, IOMMU_WRITE)[0]).to.equal(frameAt(f, 17));
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, 32) + 2 * pinCharge(variant));
-        unpin(f, 1, 1);
-        unpin(f, 17, 1);
+        f.unpin(1, 1);
+        f.unpin(17, 1);
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, 32));
-        await finish(f);
+        await f.finish();
       });
 
       it("is all or nothing: a last page outside the mapping undoes every pin, reference and charge of the call", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map(0n, 16n * PAGE)).to.equal(0);
-        const held = pin(f, 5, 1)[0]!;
-        const dma = dmaAt(f, 0);
+        const held = f.pin(5, 1)[0]!;
+        const dma = f.dmaAt(0);
         const pins = f.host.phys.totalPins;
         const charged = f.qemu.mm.lockedVm;
         expect(charged).to.equal(atMap(variant, 16) + pinCharge(variant));
         // Pages 3..15 are in the mapping (page 5 already pinned once), page 16 is not.
         const pages = new Uint32Array(14).fill(UNTOUCHED);
-        const err = expectErr(() => vfioPinPages(f.device!, iovaOf(3), 14, RW, pages), "EINVAL", "pin-outside-mappings");
+        const err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(3), 14, RW, pages), "EINVAL", "pin-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 16n * PAGE, done: 13 });
         f.check();
         expect([...pages]).to.deep.equal(new Array<number>(14).fill(0));
@@ -344,29 +287,29 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(dma.lockedVm).to.equal(charged);
         expect(f.host.phys.pins[held]).to.equal(1 + atMap(variant, 1));
         for (let p = 3; p < 16; p++) if (p !== 5) expect(f.host.phys.pins[frameAt(f, p)], `page ${p}`).to.equal(atMap(variant, 1));
-        unpin(f, 5, 1);
-        await finish(f);
+        f.unpin(5, 1);
+        await f.finish();
       });
 
       it("is all or nothing: a failure in the middle leaves the slots after it untouched and undoes references taken before", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map(0n, 16n * PAGE)).to.equal(0);
         expect(await f.map(16n * PAGE, 16n * PAGE, 16n * PAGE, VFIO_DMA_MAP_FLAG_READ)).to.equal(0);
-        pin(f, 15, 1);
-        const dma = dmaAt(f, 0);
+        f.pin(15, 1);
+        const dma = f.dmaAt(0);
         const pins = f.host.phys.totalPins;
         const charged = f.qemu.mm.lockedVm;
         // Pages 14 and 15 (already pinned) succeed, page 16 is in a READ-only mapping.
         const pages = new Uint32Array(4).fill(UNTOUCHED);
-        const err = expectErr(() => vfioPinPages(f.device!, iovaOf(14), 4, RW, pages), "EPERM", "pin-prot-not-allowed");
+        const err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(14), 4, RW, pages), "EPERM", "pin-prot-not-allowed", VfioError);
         expect(err.fields["done"]).to.equal(2);
         f.check();
         expect([...pages]).to.deep.equal([0, 0, 0, UNTOUCHED]);
         expect([dma.refsAt(14), dma.refsAt(15)]).to.deep.equal([0, 1]);
         expect(f.host.phys.totalPins).to.equal(pins);
         expect(f.qemu.mm.lockedVm).to.equal(charged);
-        unpin(f, 15, 1);
-        await finish(f);
+        f.unpin(15, 1);
+        await f.finish();
       });
 
       it("refuses a PFNMAP (MMIO) mapping with -EINVAL: no struct page to return, nothing pinned or charged", async () => {
@@ -374,23 +317,23 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expect(await f.map()).to.equal(0);
         const bar = f.qemu.mmap({ length: 16n * PAGE, backing: "pfnmap" });
         // The BAR is mapped right after guest RAM, so a pin can run from RAM into it.
-        expect(await mapAt(f, f.qemu, f.containerFd, bar, BigInt(GUEST_PAGES) * PAGE, 16n * PAGE)).to.equal(0);
+        expect(await f.mapFrom(f.qemu, f.containerFd, bar, BigInt(GUEST_PAGES) * PAGE, 16n * PAGE)).to.equal(0);
         f.check();
         const base = atMap(variant, GUEST_PAGES);
         expect(f.qemu.mm.lockedVm).to.equal(base);
         expect(f.host.phys.totalPins).to.equal(base);
-        let err = expectErr(() => vfioPinPages(f.device!, iovaOf(GUEST_PAGES), 1, RW, new Uint32Array(1)), "EINVAL", "pin-pfn-without-struct-page");
+        let err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(GUEST_PAGES), 1, RW, new Uint32Array(1)), "EINVAL", "pin-pfn-without-struct-page", VfioError);
         expect(err.fields).to.deep.equal({ iova: BigInt(GUEST_PAGES) * PAGE, done: 0 });
         const pages = new Uint32Array(4).fill(UNTOUCHED);
-        err = expectErr(() => vfioPinPages(f.device!, iovaOf(GUEST_PAGES - 2), 4, RW, pages), "EINVAL", "pin-pfn-without-struct-page");
+        err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(GUEST_PAGES - 2), 4, RW, pages), "EINVAL", "pin-pfn-without-struct-page", VfioError);
         expect(err.fields["done"]).to.equal(2);
         f.check();
         expect([...pages]).to.deep.equal([0, 0, 0, UNTOUCHED]);
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(base);
         expect(f.host.phys.totalPins).to.equal(base);
-        expect(dmaAt(f, GUEST_PAGES).lockedVm).to.equal(0);
-        await finish(f);
+        expect(f.dmaAt(GUEST_PAGES).lockedVm).to.equal(0);
+        await f.finish();
       });
 
       it("cannot reach -EBUSY: UNMAP_DMA with VADDR is refused while an emulated group exists", async () => {
@@ -400,11 +343,11 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         const inval = { argsz: 24, flags: VFIO_DMA_UNMAP_FLAG_VADDR, iova: 0n, size: BigInt(GUEST_PAGES) * PAGE };
         expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, inval)).to.equal(-ERRNO.EBUSY);
         expect(f.iommu.vaddrInvalidCount).to.equal(0);
-        expect(dmaAt(f, 0).vaddrInvalid).to.equal(false);
-        pin(f, 0, 1);
-        unpin(f, 0, 1);
+        expect(f.dmaAt(0).vaddrInvalid).to.equal(false);
+        f.pin(0, 1);
+        f.unpin(0, 1);
         expect(f.host.kernel.warnings).to.deep.equal([]);
-        await finish(f);
+        await f.finish();
       });
     });
   }
@@ -452,13 +395,13 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
     expect(iommu.vaddrInvalidCount).to.equal(1);
     host.assertInvariants();
     pages.fill(UNTOUCHED);
-    expectErr(() => vfioPinPages(vdev, iovaOf(0), 4, RW, pages), "EBUSY", "pin-while-vaddr-invalid");
+    expectKernelError(() => vfioPinPages(vdev, iovaOf(0), 4, RW, pages), "EBUSY", "pin-while-vaddr-invalid", VfioError);
     expect(host.kernel.warnings.map((w) => [w.site, w.message])).to.deep.equal([["vfio_pin_pages", "vfio_pin_pages not allowed with VFIO_UPDATE_VADDR"]]);
-    expectErr(() => vfioPinPages(vdev, iovaOf(0), 4, RW, pages), "EBUSY", "pin-while-vaddr-invalid");
+    expectKernelError(() => vfioPinPages(vdev, iovaOf(0), 4, RW, pages), "EBUSY", "pin-while-vaddr-invalid", VfioError);
     // The array form shares the check (5.12-6.1 kernels blocked there instead; current type1 fails).
-    expectErr(() => vfioPinPagesArray(vdev, [0, 1], 2, RW, pages), "EBUSY", "pin-while-vaddr-invalid");
+    expectKernelError(() => vfioPinPagesArray(vdev, [0, 1], 2, RW, pages), "EBUSY", "pin-while-vaddr-invalid", VfioError);
     expect(host.kernel.warnings.length).to.equal(1);
-    expectErr(() => vfioDmaRw(vdev, iovaOf(0), new Uint8Array(8), false), "EBUSY", "rw-while-vaddr-invalid");
+    expectKernelError(() => vfioDmaRw(vdev, iovaOf(0), new Uint8Array(8), false), "EBUSY", "rw-while-vaddr-invalid", VfioError);
     expect(host.kernel.warnings.map((w) => w.site)).to.deep.equal(["vfio_pin_pages", "vfio_dma_rw"]);
     // Refused before the loop: the output is not written.
     expect([...pages]).to.deep.equal([UNTOUCHED, UNTOUCHED, UNTOUCHED, UNTOUCHED]);
@@ -489,8 +432,8 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
     const helper = f.host.spawn({ comm: "helper" });
     const fd = helper.installFile(f.qemu.files.get(f.containerFd)!);
     const hva = helper.mmap({ length: 16n * PAGE });
-    expect(await mapAt(f, helper, fd, hva, 0n, 16n * PAGE)).to.equal(0);
-    const held = pin(f, 3, 1)[0]!;
+    expect(await f.mapFrom(helper, fd, hva, 0n, 16n * PAGE)).to.equal(0);
+    const held = f.pin(3, 1)[0]!;
     expect(held).to.equal(helper.mm.translate(pageOf(hva) + 3));
     expect(helper.mm.lockedVm).to.equal(1);
     expect(f.qemu.mm.lockedVm).to.equal(0);
@@ -499,21 +442,21 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
     // The mapping outlives its mm until the container goes.
     expect(f.host.stats().mappings).to.equal(1);
     const pages = new Uint32Array(2);
-    const err = expectErr(() => vfioPinPages(f.device!, iovaOf(4), 2, RW, pages), "ENODEV", "pin-external-failed");
+    const err = expectKernelError(() => vfioPinPages(f.device!, iovaOf(4), 2, RW, pages), "ENODEV", "pin-external-failed", VfioError);
     expect(err.fields).to.deep.equal({ iova: 4n * PAGE, done: 0 });
     expect([...pages]).to.deep.equal([0, 0]);
     // A vfio_pfn needs no mm: the reference is taken on the pin that exists.
-    expect(pin(f, 3, 1)[0]).to.equal(held);
-    expect(dmaAt(f, 0).refsAt(3)).to.equal(2);
-    expectErr(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(8), false), "EPERM", "rw-mm-gone");
-    unpin(f, 3, 1);
-    unpin(f, 3, 1);
+    expect(f.pin(3, 1)[0]).to.equal(held);
+    expect(f.dmaAt(0).refsAt(3)).to.equal(2);
+    expectKernelError(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(8), false), "EPERM", "rw-mm-gone", VfioError);
+    f.unpin(3, 1);
+    f.unpin(3, 1);
     expect(f.host.phys.totalPins).to.equal(0);
     f.check();
     // The uncharge of the last unpin found no mm (-ESRCH): the exited mm keeps its stale count of 1,
     // which the kernel frees along with the mm.
     expect(helper.mm.lockedVm).to.equal(1);
-    await finish(f, { lockedVm: 1 });
+    await f.finish({ lockedVm: 1 });
   });
 });
 
@@ -524,14 +467,14 @@ describe("vendor API: vfioUnpinPages", () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
         const base = atMap(variant, GUEST_PAGES);
-        const frame = pin(f, 7, 1)[0]!;
-        pin(f, 7, 1);
-        const dma = dmaAt(f, 0);
-        unpin(f, 7, 1);
+        const frame = f.pin(7, 1)[0]!;
+        f.pin(7, 1);
+        const dma = f.dmaAt(0);
+        f.unpin(7, 1);
         expect(dma.refsAt(7)).to.equal(1);
         expect(f.host.phys.pins[frame]).to.equal(1 + atMap(variant, 1));
         expect(f.qemu.mm.lockedVm).to.equal(base + pinCharge(variant));
-        unpin(f, 7, 1);
+        f.unpin(7, 1);
         expect(dma.refsAt(7)).to.equal(0);
         expect(dma.vpfnCount).to.equal(0);
         expect(f.host.phys.pins[frame]).to.equal(atMap(variant, 1));
@@ -539,53 +482,53 @@ describe("vendor API: vfioUnpinPages", () => {
         expect(f.qemu.mm.lockedVm).to.equal(base);
         expect(dma.lockedVm).to.equal(base);
         expect(f.host.kernel.warnings).to.deep.equal([]);
-        await finish(f);
+        await f.finish();
       });
 
       it("ignores, silently, an IOVA inside a mapping that has no pin", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
-        pin(f, 3, 1);
-        const dma = dmaAt(f, 0);
+        f.pin(3, 1);
+        const dma = f.dmaAt(0);
         const pins = f.host.phys.totalPins;
         const charged = f.qemu.mm.lockedVm;
-        unpin(f, 10, 4);
+        f.unpin(10, 4);
         expect(dma.refsAt(3)).to.equal(1);
         expect(f.host.phys.totalPins).to.equal(pins);
         expect(f.qemu.mm.lockedVm).to.equal(charged);
         // Pages 2 and 4 have no pin and are skipped; page 3 is released.
-        unpin(f, 2, 3);
+        f.unpin(2, 3);
         expect(dma.vpfnCount).to.equal(0);
         expect(f.host.phys.totalPins).to.equal(pins - 1);
         expect(f.qemu.mm.lockedVm).to.equal(charged - pinCharge(variant));
         expect(f.host.kernel.warnings).to.deep.equal([]);
-        await finish(f);
+        await f.finish();
       });
 
       it("stops with a WARN at the first IOVA outside every mapping", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map(0n, 16n * PAGE)).to.equal(0);
         expect(await f.map(32n * PAGE, 16n * PAGE, 32n * PAGE)).to.equal(0);
-        pin(f, 15, 1);
-        pin(f, 32, 1);
+        f.pin(15, 1);
+        f.pin(32, 1);
         const base = atMap(variant, 32);
         vfioUnpinPages(f.device!, iovaOf(15), 18);
         f.pinned.delete(15);
         f.check();
         expect(f.host.kernel.warnings).to.deep.equal([{ site: "vfio_unpin_pages", message: "unpin outside every mapping", details: { iova: 15n * PAGE, npage: 18, done: 1 } }]);
-        expect(dmaAt(f, 0).vpfnCount).to.equal(0);
-        expect(dmaAt(f, 32).refsAt(0)).to.equal(1);
+        expect(f.dmaAt(0).vpfnCount).to.equal(0);
+        expect(f.dmaAt(32).refsAt(0)).to.equal(1);
         expect(f.qemu.mm.lockedVm).to.equal(base + pinCharge(variant));
         expect(f.host.phys.totalPins).to.equal(base + 1);
-        unpin(f, 32, 1);
+        f.unpin(32, 1);
         expect(f.qemu.mm.lockedVm).to.equal(base);
-        await finish(f, { warnings: 1 });
+        await f.finish({ warnings: 1 });
       });
 
       it("WARNs and does nothing for npage 0 or above the maximum", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
-        pin(f, 0, 1);
+        f.pin(0, 1);
         vfioUnpinPages(f.device!, iovaOf(0), 0);
         vfioUnpinPages(f.device!, iovaOf(0), VFIO_PIN_PAGES_MAX_ENTRIES + 1);
         f.check();
@@ -593,9 +536,9 @@ describe("vendor API: vfioUnpinPages", () => {
           ["vfio_unpin_pages", "bad npage"],
           ["vfio_unpin_pages", "bad npage"],
         ]);
-        expect(dmaAt(f, 0).refsAt(0)).to.equal(1);
-        unpin(f, 0, 1);
-        await finish(f, { warnings: 2 });
+        expect(f.dmaAt(0).refsAt(0)).to.equal(1);
+        f.unpin(0, 1);
+        await f.finish({ warnings: 2 });
       });
     });
   }
@@ -650,7 +593,7 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         const base = atMap(variant, GUEST_PAGES);
         const phys = v.pinArray([7, 300, 7, 42]);
         expect([...phys]).to.deep.equal([frameAt(f, 7), frameAt(f, 300), frameAt(f, 7), frameAt(f, 42)]);
-        const dma = dmaAt(f, 0);
+        const dma = f.dmaAt(0);
         expect([dma.refsAt(7), dma.refsAt(300), dma.refsAt(42)]).to.deep.equal([2, 1, 1]);
         expect(dma.vpfnCount).to.equal(3);
         expect(f.host.phys.pins[frameAt(f, 7)]).to.equal(1 + atMap(variant, 1));
@@ -664,7 +607,7 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         expect(f.host.phys.totalPins).to.equal(base);
         expect(f.qemu.mm.lockedVm).to.equal(base);
         vfioUnregisterNotifier(f.device!, v.nb);
-        await finish(f);
+        await f.finish();
       });
 
       it("refuses without a registered notifier (-EINVAL) and above the maximum (-E2BIG)", async () => {
@@ -673,29 +616,29 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         const phys = new Uint32Array(VFIO_PIN_PAGES_MAX_ENTRIES + 1);
         // dma_unmap does not stand in for the notifier in the array form.
         expect(f.iommu.devices.length).to.equal(1);
-        expectErr(() => vfioPinPagesArray(f.device!, [1], 1, RW, phys), "EINVAL", "pin-without-notifier");
+        expectKernelError(() => vfioPinPagesArray(f.device!, [1], 1, RW, phys), "EINVAL", "pin-without-notifier", VfioError);
         const v = vendor(f);
         vfioRegisterNotifier(f.device!, { value: VFIO_IOMMU_NOTIFY_DMA_UNMAP }, v.nb);
         const pfns = Array.from({ length: VFIO_PIN_PAGES_MAX_ENTRIES + 1 }, (_, i) => i);
-        expectErr(() => vfioPinPagesArray(f.device!, pfns, pfns.length, RW, phys), "E2BIG", "pin-too-many-pages");
-        expectErr(() => vfioUnpinPagesArray(f.device!, pfns, pfns.length), "E2BIG", "unpin-too-many-pages");
-        expectErr(() => vfioPinPagesArray(f.device!, [1], 0, RW, phys), "EINVAL", "pin-bad-arguments");
+        expectKernelError(() => vfioPinPagesArray(f.device!, pfns, pfns.length, RW, phys), "E2BIG", "pin-too-many-pages", VfioError);
+        expectKernelError(() => vfioUnpinPagesArray(f.device!, pfns, pfns.length), "E2BIG", "unpin-too-many-pages", VfioError);
+        expectKernelError(() => vfioPinPagesArray(f.device!, [1], 0, RW, phys), "EINVAL", "pin-bad-arguments", VfioError);
         f.check();
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, GUEST_PAGES));
         vfioUnregisterNotifier(f.device!, v.nb);
-        await finish(f);
+        await f.finish();
       });
 
       it("refuses a notifier with unknown event bits (-EINVAL) and leaves those bits in events", async () => {
         const f = await Fixture.create({ variant });
         const events = { value: VFIO_IOMMU_NOTIFY_DMA_UNMAP | 0x6 };
-        expectErr(() => vfioRegisterNotifier(f.device!, events, () => {}), "EINVAL", "notifier-unknown-events");
+        expectKernelError(() => vfioRegisterNotifier(f.device!, events, () => {}), "EINVAL", "notifier-unknown-events", VfioError);
         expect(events.value).to.equal(0x6);
         expect(f.iommu.notifiers.length).to.equal(0);
-        expectErr(() => vfioUnregisterNotifier(f.device!, () => {}), "ENOENT", "notifier-not-registered");
+        expectKernelError(() => vfioUnregisterNotifier(f.device!, () => {}), "ENOENT", "notifier-not-registered", VfioError);
         f.check();
-        await finish(f);
+        await f.finish();
       });
 
       it("unpin stops at the first pfn outside every mapping: -EINVAL when that is the first; unpinned pfns count", async () => {
@@ -704,8 +647,8 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         const v = vendor(f);
         vfioRegisterNotifier(f.device!, { value: VFIO_IOMMU_NOTIFY_DMA_UNMAP }, v.nb);
         v.pinArray([3, 4]);
-        const dma = dmaAt(f, 0);
-        expectErr(() => vfioUnpinPagesArray(f.device!, [5000], 1), "EINVAL", "unpin-outside-mappings");
+        const dma = f.dmaAt(0);
+        expectKernelError(() => vfioUnpinPagesArray(f.device!, [5000], 1), "EINVAL", "unpin-outside-mappings", VfioError);
         expect(dma.vpfnCount).to.equal(2);
         // Page 3 is released, 5000 stops the walk, page 4 keeps its pin.
         expect(vfioUnpinPagesArray(f.device!, [3, 5000, 4], 3)).to.equal(1);
@@ -719,7 +662,7 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         expect(v.unpinArray([4])).to.equal(1);
         expect(f.host.kernel.warnings).to.deep.equal([]);
         vfioUnregisterNotifier(f.device!, v.nb);
-        await finish(f);
+        await f.finish();
       });
 
       it("is all or nothing: a pfn outside every mapping undoes the references taken before it", async () => {
@@ -728,11 +671,11 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         const v = vendor(f);
         vfioRegisterNotifier(f.device!, { value: VFIO_IOMMU_NOTIFY_DMA_UNMAP }, v.nb);
         v.pinArray([7]);
-        const dma = dmaAt(f, 0);
+        const dma = f.dmaAt(0);
         const pins = f.host.phys.totalPins;
         const charged = f.qemu.mm.lockedVm;
         const phys = new Uint32Array(4).fill(UNTOUCHED);
-        const err = expectErr(() => vfioPinPagesArray(f.device!, [7, 8, 5000, 9], 4, RW, phys), "EINVAL", "pin-outside-mappings");
+        const err = expectKernelError(() => vfioPinPagesArray(f.device!, [7, 8, 5000, 9], 4, RW, phys), "EINVAL", "pin-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 5000n * PAGE, done: 2 });
         f.check();
         expect([...phys]).to.deep.equal([0, 0, 0, UNTOUCHED]);
@@ -741,7 +684,7 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         expect(f.qemu.mm.lockedVm).to.equal(charged);
         expect(v.unpinArray([7])).to.equal(1);
         vfioUnregisterNotifier(f.device!, v.nb);
-        await finish(f);
+        await f.finish();
       });
 
       it("UNMAP_DMA notifies VFIO_IOMMU_NOTIFY_DMA_UNMAP with the whole mapping; the vendor unpins and the unmap completes", async () => {
@@ -760,7 +703,7 @@ describe("vendor API: array form with a notifier (Gen A/B)", () => {
         expect(f.host.phys.totalPins).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(0);
         vfioUnregisterNotifier(f.device!, v.nb);
-        await finish(f);
+        await f.finish();
       });
     });
   }
@@ -797,7 +740,7 @@ describe("vendor API: vfioDmaRw", () => {
         expect(f.host.phys.totalPins).to.equal(pins);
         expect(f.qemu.mm.lockedVm).to.equal(charged);
         expect(f.host.stats().externalPins).to.equal(0);
-        await finish(f);
+        await f.finish();
       });
 
       it("cuts a copy into chunks at mapping boundaries: two adjacent IOVA mappings of distant HVAs", async () => {
@@ -817,21 +760,21 @@ describe("vendor API: vfioDmaRw", () => {
         expect(back).to.deep.equal(data);
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.host.phys.totalPins).to.equal(atMap(variant, 32));
-        await finish(f);
+        await f.finish();
       });
 
       it("-EINVAL outside every mapping; a chunk copied before the hole stays copied", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map(0n, 16n * PAGE)).to.equal(0);
         const data = pattern(8192, 11);
-        let err = expectErr(() => vfioDmaRw(f.device!, iovaOf(15), data, true), "EINVAL", "rw-outside-mappings");
+        let err = expectKernelError(() => vfioDmaRw(f.device!, iovaOf(15), data, true), "EINVAL", "rw-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 16n * PAGE, done: 4096 });
         expect(hostBytes(f, 15, 0, 4096)).to.deep.equal(data.subarray(0, 4096));
-        err = expectErr(() => vfioDmaRw(f.device!, iovaOf(100), new Uint8Array(1), false), "EINVAL", "rw-outside-mappings");
+        err = expectKernelError(() => vfioDmaRw(f.device!, iovaOf(100), new Uint8Array(1), false), "EINVAL", "rw-outside-mappings", VfioError);
         expect(err.fields).to.deep.equal({ iova: 100n * PAGE, done: 0 });
         f.check();
         expect(f.host.phys.totalPins).to.equal(atMap(variant, 16));
-        await finish(f);
+        await f.finish();
       });
 
       it("-EPERM: a write to a READ-only mapping, and any access to a WRITE-only one", async () => {
@@ -839,16 +782,16 @@ describe("vendor API: vfioDmaRw", () => {
         expect(await f.map(0n, 16n * PAGE, 0n, VFIO_DMA_MAP_FLAG_READ)).to.equal(0);
         expect(await f.map(16n * PAGE, 16n * PAGE, 16n * PAGE, VFIO_DMA_MAP_FLAG_WRITE)).to.equal(0);
         const buf = pattern(64, 5);
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(1), buf, true), "EPERM", "rw-prot-not-allowed");
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(1), buf, true), "EPERM", "rw-prot-not-allowed", VfioError);
         expect(hostBytes(f, 1, 0, 64)).to.deep.equal(new Uint8Array(64));
         const out = new Uint8Array(64);
         vfioDmaRw(f.device!, iovaOf(1), out, false);
         expect(out).to.deep.equal(new Uint8Array(64));
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(17), buf, true), "EPERM", "rw-prot-not-allowed");
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(17), out, false), "EPERM", "rw-prot-not-allowed");
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(17), buf, true), "EPERM", "rw-prot-not-allowed", VfioError);
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(17), out, false), "EPERM", "rw-prot-not-allowed", VfioError);
         f.check();
         expect(f.host.phys.totalPins).to.equal(atMap(variant, 32));
-        await finish(f);
+        await f.finish();
       });
 
       it("-EFAULT from another process's context; the mapping's own process and a kthread succeed", async () => {
@@ -856,7 +799,7 @@ describe("vendor API: vfioDmaRw", () => {
         expect(await f.map()).to.equal(0);
         const other = f.host.spawn({ comm: "other" });
         const buf = pattern(32, 9);
-        const err = expectErr(() => vfioDmaRw(f.device!, iovaOf(2), buf, true, other), "EFAULT", "rw-foreign-mm");
+        const err = expectKernelError(() => vfioDmaRw(f.device!, iovaOf(2), buf, true, other), "EFAULT", "rw-foreign-mm", VfioError);
         expect(err.fields).to.deep.equal({ iova: 2n * PAGE, done: 0 });
         expect(hostBytes(f, 2, 0, 32)).to.deep.equal(new Uint8Array(32));
         vfioDmaRw(f.device!, iovaOf(2), buf, true, f.qemu);
@@ -868,21 +811,21 @@ describe("vendor API: vfioDmaRw", () => {
         expect(other.mm.lockedVm).to.equal(0);
         expect(f.qemu.mm.lockedVm).to.equal(atMap(variant, GUEST_PAGES));
         expect(f.host.phys.totalPins).to.equal(atMap(variant, GUEST_PAGES));
-        await finish(f, {}, [other]);
+        await f.finish({}, [other]);
       });
 
       it("-EINVAL for an empty or non-byte buffer, and for a closed device with one WARN_ON_ONCE", async () => {
         const f = await Fixture.create({ variant });
         expect(await f.map()).to.equal(0);
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(0), false), "EINVAL", "rw-bad-arguments");
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(0), new Uint32Array(4) as unknown as Uint8Array, false), "EINVAL", "rw-bad-arguments");
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(0), false), "EINVAL", "rw-bad-arguments", VfioError);
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(0), new Uint32Array(4) as unknown as Uint8Array, false), "EINVAL", "rw-bad-arguments", VfioError);
         expect(f.host.kernel.warnings).to.deep.equal([]);
         expect(await f.host.close(f.qemu, f.deviceFd!)).to.equal(0);
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(4), false), "EINVAL", "rw-bad-arguments");
-        expectErr(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(4), true), "EINVAL", "rw-bad-arguments");
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(4), false), "EINVAL", "rw-bad-arguments", VfioError);
+        expectKernelError(() => vfioDmaRw(f.device!, iovaOf(0), new Uint8Array(4), true), "EINVAL", "rw-bad-arguments", VfioError);
         expect(f.host.kernel.warnings.map((w) => w.site)).to.deep.equal(["vfio_assert_device_open"]);
         f.check();
-        await finish(f, { warnings: 1 });
+        await f.finish({ warnings: 1 });
       });
     });
   }

@@ -1,5 +1,6 @@
 import { expect } from "chai";
-import { KernelError } from "@vgpu-iommu/core";
+import { thrown } from "@vgpu-iommu/core/testing";
+
 import { apIndex, closeAndCheck, hiIndex, makeRig, type Rig } from "./gvt.test.helpers.js";
 import { CURSOR_MODE_64_ARGB, REG } from "./gvt-params.js";
 
@@ -14,15 +15,6 @@ async function withFramebuffer(): Promise<Rig & { gma: number }> {
   return { ...rig, gma };
 }
 
-function thrown(f: () => unknown): KernelError {
-  try {
-    f();
-  } catch (e) {
-    return e as KernelError;
-  }
-  throw new Error("did not throw");
-}
-
 describe("gvt: display planes and dma-bufs", () => {
   it("query decodes the primary plane; the dma-buf takes 2,025 more references and no pins", async () => {
     const rig = await withFramebuffer();
@@ -33,7 +25,7 @@ describe("gvt: display planes and dma-bufs", () => {
     expect(rig.vgpu.cache.totalRefs()).to.equal(4050);
     expect(rig.vgpu.display.exportedRefs()).to.equal(2025);
     expect(rig.svc.pinnedFrames).to.equal(2025);
-    expect(rig.svc.counters.translates).to.equal(2025);
+    expect(rig.svc.counters.translations).to.equal(2025);
     // Re-query with the same mode: the same dma-buf.
     expect(rig.vgpu.queryPlane("primary")?.dmabufId).to.equal(1);
     // FLR: the GGTT lets go; the displayed buffer keeps its pages.

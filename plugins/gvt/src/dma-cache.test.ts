@@ -2,11 +2,11 @@ import { expect } from "chai";
 import fc from "fast-check";
 import { KernelError } from "@vgpu-iommu/core";
 import { GvtDmaCache } from "./dma-cache.js";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { FakeVgpuServices, NO_FAKE_LEAKS } from "@vgpu-iommu/core/testing";
 
 const SIZE_2M = 0x200000;
 
-function rig(options: ConstructorParameters<typeof FakeVgpuServices>[0] = { ramPages: 0x4000 }): { svc: FakeVgpuServices; cache: GvtDmaCache } {
+function rig(options: ConstructorParameters<typeof FakeVgpuServices>[0] = { guestPages: 0x4000 }): { svc: FakeVgpuServices; cache: GvtDmaCache } {
   const svc = new FakeVgpuServices(options);
   const cache = new GvtDmaCache(svc);
   cache.attached = true;
@@ -15,18 +15,18 @@ function rig(options: ConstructorParameters<typeof FakeVgpuServices>[0] = { ramP
 
 function empty(svc: FakeVgpuServices, cache: GvtDmaCache): void {
   expect(cache.size).to.equal(0);
-  expect(svc.leaks()).to.deep.equal({ pinnedFrames: 0, pinRefs: 0, translations: 0, protectedFrames: 0, badUnpins: 0 });
+  expect(svc.leaks()).to.deep.equal(NO_FAKE_LEAKS);
 }
 
 describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
   it("miss: one translate (one pin of one frame, one map); hit: kref++; last put releases", () => {
     const { svc, cache } = rig();
     const a = cache.dmaMapGuestPage(0x100, 4096);
-    expect(svc.counters.translates).to.equal(1);
+    expect(svc.counters.translations).to.equal(1);
     expect(svc.counters.maps).to.equal(1);
-    expect(svc.pinRefs[0x100]).to.equal(1);
+    expect(svc.refs[0x100]).to.equal(1);
     expect(cache.dmaMapGuestPage(0x100, 4096)).to.equal(a);
-    expect(svc.counters.translates).to.equal(1);
+    expect(svc.counters.translations).to.equal(1);
     expect(cache.lookupGfn(0x100)).to.deep.equal({ gfn: 0x100, dmaAddr: a, size: 4096, kref: 2 });
     expect(cache.lookupDma(a / 4096)?.gfn).to.equal(0x100);
     cache.dmaUnmapGuestPage(a);
@@ -54,31 +54,31 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
   });
 
   it("2M on contiguous host frames: 512 single-frame pins checked base+k, one 2M mapping, one reference per frame", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000, backing: "contiguous" });
+    const { svc, cache } = rig({ guestPages: 0x4000, backing: "contiguous" });
     const a = cache.dmaMapGuestPage(0x200, SIZE_2M);
     expect(svc.counters.pinCalls).to.equal(512);
     expect(cache.counters.pagePins).to.equal(512);
-    expect(svc.counters.translates).to.equal(1);
+    expect(svc.counters.translations).to.equal(1);
     expect(svc.counters.unpinCalls).to.equal(1, "the page-by-page references go in one call");
     expect(svc.liveMappedPages()).to.equal(512);
     expect(svc.pinnedFrames).to.equal(512);
-    expect(svc.totalPinRefs()).to.equal(512);
+    expect(svc.pinRefs).to.equal(512);
     expect(cache.lookupGfn(0x200)).to.deep.equal({ gfn: 0x200, dmaAddr: a, size: SIZE_2M, kref: 1 });
     cache.dmaUnmapGuestPage(a);
     empty(svc, cache);
   });
 
   it("2M on scattered host frames: the contiguity check fails at the first gap, unpins and says -EINVAL", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000, backing: "scattered", seed: 7 });
+    const { svc, cache } = rig({ guestPages: 0x4000, backing: "scattered", seed: 7 });
     expect(() => cache.dmaMapGuestPage(0x200, SIZE_2M)).to.throw(KernelError).with.property("code", "EINVAL");
     expect(cache.counters.notContiguous).to.equal(1);
     expect(svc.counters.pinCalls).to.equal(2, "stops at the first frame that is not base + k");
-    expect(svc.counters.translates).to.equal(0);
+    expect(svc.counters.translations).to.equal(0);
     empty(svc, cache);
   });
 
   it("the same GFN first as 4K, then as a 2M base: the old entry goes whatever its kref", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000 });
+    const { svc, cache } = rig({ guestPages: 0x4000 });
     const small = cache.dmaMapGuestPage(0x400, 4096);
     cache.dmaMapGuestPage(0x400, 4096);
     cache.dmaPinGuestPage(small);
@@ -97,7 +97,7 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
   });
 
   it("dmaUnmap drops every entry whose GFN is in the range whatever its kref; a 2M entry only by its base", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000 });
+    const { svc, cache } = rig({ guestPages: 0x4000 });
     for (let g = 0x1000; g < 0x1010; g++) {
       cache.map(g, 1);
       cache.map(g, 1);
@@ -108,13 +108,13 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
     expect(cache.size).to.equal(1);
     expect(cache.lookupGfn(0x0e00)?.size).to.equal(SIZE_2M);
     // The 2M entry below keeps frames pinned inside the unmapped range: kvmgt finds it only by base gfn.
-    expect(svc.pinRefs[0x0fff]).to.equal(1);
+    expect(svc.refs[0x0fff]).to.equal(1);
     expect(cache.unmapRange(0x0e00, 1)).to.equal(1);
     empty(svc, cache);
   });
 
   it("dmaUnmap over a huge range walks the entries, not the pages", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000 });
+    const { svc, cache } = rig({ guestPages: 0x4000 });
     cache.map(5, 1);
     cache.map(0x3fff, 1);
     expect(cache.unmapRange(0, 2 ** 40)).to.equal(2);
@@ -122,7 +122,7 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
   });
 
   it("a failed device mapping is -ENOMEM and pins nothing; a failed pin keeps its errno", () => {
-    const { svc, cache } = rig({ ramPages: 0x4000 });
+    const { svc, cache } = rig({ guestPages: 0x4000 });
     svc.failMap = () => true;
     expect(cache.map(0x10, 1)).to.equal(-12);
     expect(cache.map(0x200, 512)).to.equal(-12);
@@ -166,7 +166,7 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
-        const { svc, cache } = rig({ ramPages: 0x2400 });
+        const { svc, cache } = rig({ guestPages: 0x2400 });
         const model = new Map<number, { big: boolean; kref: number; dma: number }>();
         for (const o of ops) {
           if (o.k === "map") {
@@ -197,7 +197,7 @@ describe("gvt: the gvt_dma cache (kvmgt.c)", () => {
             expect(cache.lookupGfn(g)).to.deep.include({ size: m.big ? SIZE_2M : 4096, kref: m.kref });
             frames += m.big ? 512 : 1;
           }
-          expect(svc.totalPinRefs()).to.equal(frames);
+          expect(svc.pinRefs).to.equal(frames);
           expect(svc.liveMappedPages()).to.equal(frames);
         }
         cache.destroy();

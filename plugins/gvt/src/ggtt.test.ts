@@ -17,10 +17,10 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     expect(Math.ceil(8_294_400 / 4096)).to.equal(FB_PAGES);
     rig.drv.ggttWriteRange(apIndex(rig), range(FB_GFN, FB_PAGES));
     expect(rig.vgpu.ggtt.counters.updates).to.equal(2025);
-    expect(rig.svc.counters.translates).to.equal(2025);
+    expect(rig.svc.counters.translations).to.equal(2025);
     expect(rig.svc.counters.maps).to.equal(2025);
     expect(rig.svc.pinnedFrames).to.equal(2025);
-    expect(rig.svc.totalPinRefs()).to.equal(2025);
+    expect(rig.svc.pinRefs).to.equal(2025);
     expect(rig.svc.counters.pinCalls).to.equal(0, "the 4K path pins through translate only");
     expect(rig.vgpu.cache.size).to.equal(2025);
     expect(rig.vgpu.cache.totalRefs()).to.equal(2025);
@@ -81,7 +81,7 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     rig.drv.ggttWrite(between, 0x3001);
     rig.drv.ggttWriteHalf(below, 0, 0x3000003);
     expect(rig.vgpu.ggtt.counters.ignored).to.equal(3);
-    expect(rig.svc.counters.translates).to.equal(0);
+    expect(rig.svc.counters.translations).to.equal(0);
     expect(rig.vgpu.ggtt.read32(below, 0)).to.equal(0);
     // The hidden slice is part of the partition.
     rig.drv.ggttWrite(hiIndex(rig, 5), 0x3002);
@@ -93,7 +93,7 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     const rig = await makeRig();
     rig.drv.ggttWrite(apIndex(rig, 0), 0x4000);
     rig.drv.ggttWrite(apIndex(rig, 1), 0x4000);
-    expect(rig.svc.counters.translates).to.equal(1);
+    expect(rig.svc.counters.translations).to.equal(1);
     expect(rig.svc.pinnedFrames).to.equal(1);
     expect(rig.vgpu.cache.lookupGfn(0x4000)?.kref).to.equal(2);
     expect(rig.vgpu.ggtt.hostEntry(apIndex(rig, 0))).to.equal(rig.vgpu.ggtt.hostEntry(apIndex(rig, 1)));
@@ -111,11 +111,11 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     const rig = await makeRig();
     rig.drv.ggttWrite(apIndex(rig), 0x4100);
     rig.drv.ggttWrite(apIndex(rig), 0x4100);
-    expect(rig.svc.counters.translates).to.equal(1);
+    expect(rig.svc.counters.translations).to.equal(1);
     expect(rig.svc.counters.releases).to.equal(0);
     expect(rig.vgpu.cache.lookupGfn(0x4100)?.kref).to.equal(1);
     rig.drv.ggttWrite(apIndex(rig), 0x4101);
-    expect(rig.svc.counters.translates).to.equal(2);
+    expect(rig.svc.counters.translations).to.equal(2);
     expect(rig.svc.counters.releases).to.equal(1);
     await closeAndCheck(rig);
   });
@@ -143,7 +143,7 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     // An 8-byte access at a 4-aligned offset is two halves.
     rig.vgpu.write(VFIO_PCI_BAR0_REGION_INDEX, at + 4n, new Uint8Array(8));
     expect(rig.vgpu.ggtt.counters.partials).to.equal(2);
-    expect(rig.svc.counters.translates).to.equal(0);
+    expect(rig.svc.counters.translations).to.equal(0);
     await closeAndCheck(rig);
   });
 
@@ -162,14 +162,14 @@ describe("gvt: GGTT shadowing (emulate_ggtt_mmio_write)", () => {
     expect(ap.hostEntry(apIndex(rig, 2024))).to.equal(SCRATCH);
     expect(ap.hostPresent[2024]).to.equal(1);
     // Releasing pressure: a rewrite of a scratched entry maps it now.
-    rig.svc.memlockPages = Number.POSITIVE_INFINITY;
+    rig.svc.guest.memlockPages = Number.POSITIVE_INFINITY;
     rig.drv.ggttWrite(apIndex(rig, 2024), FB_GFN + 2024);
     expect(rig.vgpu.ggtt.mappedEntries()).to.equal(1001);
     await closeAndCheck(rig);
   });
 
   it("hostile guest: an entry naming a frame outside guest RAM becomes scratch (-EINVAL from the pin)", async () => {
-    const rig = await makeRig({ services: { ramPages: 0x8000 } });
+    const rig = await makeRig({ services: { guestPages: 0x8000 } });
     const errnos: number[] = [];
     rig.vgpu.on("ggttEntryScratched", (e) => errnos.push(e.errno));
     rig.drv.ggttWrite(apIndex(rig), 0x8000);

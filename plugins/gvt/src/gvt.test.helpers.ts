@@ -3,7 +3,7 @@
  * driver over them, and the leak check every test ends with.
  */
 import { expect } from "chai";
-import { FakeVgpuServices, type FakeServicesOptions } from "./testing/fake-services.js";
+import { FakeVgpuServices, NO_FAKE_LEAKS, type FakeServicesOptions } from "@vgpu-iommu/core/testing";
 import { GuestGfxDriver } from "./testing/guest-driver.js";
 import { GvtVendor, type GvtGpuOptions } from "./gvt-vendor.js";
 import type { GvtVgpu } from "./gvt-vgpu.js";
@@ -22,12 +22,12 @@ export const POOL_PAGES = 0x800;
 export async function makeRig(
   options: { services?: Partial<FakeServicesOptions>; vendor?: GvtGpuOptions; type?: string; name?: string } = {},
 ): Promise<Rig> {
-  const svc = new FakeVgpuServices({ ramPages: 0x10000, ...options.services });
+  const svc = new FakeVgpuServices({ guestPages: 0x10000, ...options.services });
   const vendor = new GvtVendor(options.vendor);
   const vgpu = vendor.create(options.type ?? "GVTg_V5_4", options.name ?? "vgpu0", svc);
   svc.onTrackedWrite = (gpa, data) => vgpu.onGuestWrite(gpa, data);
   await vgpu.open();
-  const drv = new GuestGfxDriver(vgpu, svc, POOL_GFN, POOL_PAGES);
+  const drv = new GuestGfxDriver(vgpu, svc.guest, POOL_GFN, POOL_PAGES);
   return { vendor, vgpu, svc, drv };
 }
 
@@ -35,7 +35,7 @@ export async function makeRig(
 export async function closeAndCheck(rig: Rig): Promise<void> {
   await rig.vgpu.close();
   rig.vendor.destroy(rig.vgpu);
-  expect(rig.svc.leaks()).to.deep.equal({ pinnedFrames: 0, pinRefs: 0, translations: 0, protectedFrames: 0, badUnpins: 0 });
+  expect(rig.svc.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   expect(rig.vgpu.cache.size).to.equal(0);
   expect(rig.vgpu.warnings).to.equal(0);
 }

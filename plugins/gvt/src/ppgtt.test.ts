@@ -25,19 +25,19 @@ describe("gvt: lazy PPGTT shadowing", () => {
     const r = rig.vgpu.submitWorkload(root);
     expect(r).to.deep.equal({ status: 0, submitted: true, copied: 0 });
     expect(rig.svc.pinnedFrames).to.equal(15);
-    expect(rig.svc.counters.translates).to.equal(15);
+    expect(rig.svc.counters.translations).to.equal(15);
     expect(rig.svc.protectedFrames.size).to.equal(5);
     expect(rig.vgpu.ppgtt.sptCount).to.equal(5);
     expect(rig.vgpu.ppgtt.leafEntries()).to.equal(15);
     expect(rig.vgpu.ppgtt.counters.leafMaps).to.equal(15);
     // The table walk read five pages with dmaRw and pinned none of them.
-    expect(rig.svc.pinRefs[root]).to.equal(0);
+    expect(rig.svc.refs[root]).to.equal(0);
     expect(rig.svc.counters.dmaRwBytes).to.equal(5 * 4096);
     expect(rig.svc.counters.irqs).to.equal(1);
     expect(rig.vgpu.checkIsolation()).to.deep.equal([]);
     // A second workload on the same root reuses the shadow.
     rig.vgpu.submitWorkload(root);
-    expect(rig.svc.counters.translates).to.equal(15);
+    expect(rig.svc.counters.translations).to.equal(15);
     expect(rig.vgpu.ppgtt.mms).to.have.length(1);
     await closeAndCheck(rig);
     expect(rig.svc.counters.releases).to.equal(15);
@@ -50,7 +50,7 @@ describe("gvt: lazy PPGTT shadowing", () => {
     rig.drv.map(root, gma(0, 0, 0, 16), 0x310, "64K");
     expect(rig.vgpu.submitWorkload(root).status).to.equal(0);
     expect(rig.vgpu.ppgtt.counters.splits64K).to.equal(2);
-    expect(rig.svc.counters.translates).to.equal(32);
+    expect(rig.svc.counters.translations).to.equal(32);
     expect(rig.svc.pinnedFrames).to.equal(32);
     expect(rig.svc.protectedFrames.size).to.equal(4);
     // The shadow PT holds 32 split 4K entries.
@@ -67,10 +67,10 @@ describe("gvt: lazy PPGTT shadowing", () => {
     expect(rig.vgpu.submitWorkload(root).status).to.equal(0);
     expect(rig.vgpu.ppgtt.counters.hugeMaps).to.equal(1);
     expect(rig.vgpu.ppgtt.counters.splits2M).to.equal(0);
-    expect(rig.svc.counters.translates).to.equal(1);
+    expect(rig.svc.counters.translations).to.equal(1);
     expect(rig.svc.counters.pinCalls).to.equal(512);
     expect(rig.svc.pinnedFrames).to.equal(512);
-    expect(rig.svc.totalPinRefs()).to.equal(512);
+    expect(rig.svc.pinRefs).to.equal(512);
     expect(rig.svc.liveMappedPages()).to.equal(512);
     expect(rig.svc.protectedFrames.size).to.equal(3, "PML4, PDP, PD");
     expect(rig.vgpu.cache.lookupGfn(0x400)?.size).to.equal(0x200000);
@@ -86,9 +86,9 @@ describe("gvt: lazy PPGTT shadowing", () => {
     expect(rig.vgpu.ppgtt.counters.hugeMaps).to.equal(0);
     expect(rig.vgpu.ppgtt.counters.splits2M).to.equal(1);
     expect(rig.vgpu.cache.counters.notContiguous).to.equal(1);
-    expect(rig.svc.counters.translates).to.equal(512);
+    expect(rig.svc.counters.translations).to.equal(512);
     expect(rig.svc.pinnedFrames).to.equal(512);
-    expect(rig.svc.totalPinRefs()).to.equal(512);
+    expect(rig.svc.pinRefs).to.equal(512);
     expect(rig.vgpu.ppgtt.sptCount).to.equal(4, "three guest tables and the vendor-only sub-table");
     expect(rig.svc.protectedFrames.size).to.equal(3);
     await closeAndCheck(rig);
@@ -101,7 +101,7 @@ describe("gvt: lazy PPGTT shadowing", () => {
     expect(rig.vgpu.submitWorkload(root).status).to.equal(0);
     expect(rig.vgpu.ppgtt.counters.splits2M).to.equal(1);
     expect(rig.svc.counters.pinCalls).to.equal(0);
-    expect(rig.svc.counters.translates).to.equal(512);
+    expect(rig.svc.counters.translations).to.equal(512);
     await closeAndCheck(rig);
   });
 
@@ -135,7 +135,7 @@ describe("gvt: lazy PPGTT shadowing", () => {
   });
 
   it("hostile guest: a leaf outside guest RAM fails the root with -ENXIO; nothing stays pinned or protected", async () => {
-    const rig = await makeRig({ services: { ramPages: 0x8000 } });
+    const rig = await makeRig({ services: { guestPages: 0x8000 } });
     const { root } = buildBasic(rig);
     rig.drv.map(root, gma(0, 0, 1, 100), 0x9000);
     const r = rig.vgpu.submitWorkload(root);
@@ -198,12 +198,12 @@ describe("gvt: guest writes to shadowed page tables", () => {
     const rig = await makeRig();
     const { root, pt1 } = buildBasic(rig);
     rig.vgpu.submitWorkload(root);
-    const before = { t: rig.svc.counters.translates, r: rig.svc.counters.releases };
+    const before = { t: rig.svc.counters.translations, r: rig.svc.counters.releases };
     rig.drv.writeEntry(pt1, 0, ...pte(0x500));
-    expect(rig.svc.counters.translates - before.t).to.equal(1);
+    expect(rig.svc.counters.translations - before.t).to.equal(1);
     expect(rig.svc.counters.releases - before.r).to.equal(1);
-    expect(rig.svc.pinRefs[0x100]).to.equal(0);
-    expect(rig.svc.pinRefs[0x500]).to.equal(1);
+    expect(rig.svc.refs[0x100]).to.equal(0);
+    expect(rig.svc.refs[0x500]).to.equal(1);
     expect(rig.vgpu.ppgtt.sptOfGfn(pt1)!.kind[0]).to.equal(Se.Leaf4K);
     expect(rig.vgpu.ppgtt.counters.guestWrites).to.equal(1);
     await closeAndCheck(rig);
@@ -214,7 +214,7 @@ describe("gvt: guest writes to shadowed page tables", () => {
     const { root, pt1 } = buildBasic(rig);
     rig.vgpu.submitWorkload(root);
     rig.drv.writeEntry(pt1, 50, ...pte(0x101));
-    expect(rig.svc.pinRefs[0x101]).to.equal(1);
+    expect(rig.svc.refs[0x101]).to.equal(1);
     expect(rig.vgpu.cache.lookupGfn(0x101)?.kref).to.equal(2);
     expect(rig.svc.pinnedFrames).to.equal(15);
     await closeAndCheck(rig);
@@ -233,7 +233,7 @@ describe("gvt: guest writes to shadowed page tables", () => {
     rig.vgpu.submitWorkload(root);
     expect(rig.vgpu.ppgtt.pendingPostShadow()).to.equal(0);
     expect(spt.kind[2]).to.equal(Se.Leaf4K);
-    expect(rig.svc.pinRefs[0x600]).to.equal(1);
+    expect(rig.svc.refs[0x600]).to.equal(1);
     expect(rig.svc.pinnedFrames).to.equal(15);
     await closeAndCheck(rig);
   });
@@ -243,12 +243,12 @@ describe("gvt: guest writes to shadowed page tables", () => {
     const { root, pt1 } = buildBasic(rig);
     rig.vgpu.submitWorkload(root);
     rig.drv.writeEntry(pt1, 3, 0, 0);
-    expect(rig.svc.pinRefs[0x103]).to.equal(0);
+    expect(rig.svc.refs[0x103]).to.equal(0);
     expect(rig.vgpu.ppgtt.sptOfGfn(pt1)!.kind[3]).to.equal(Se.Scratch);
     const errs: number[] = [];
     rig.vgpu.on("guestWriteFailed", (e) => errs.push(e.errno));
     expect(rig.vgpu.handleGuestWrite(BigInt(pt1) * 4096n + 32n, new Uint8Array(2))).to.equal(-22);
-    rig.svc.guestWrite(BigInt(pt1) * 4096n + 40n, new Uint8Array(1));
+    rig.svc.guest.guestWrite(BigInt(pt1) * 4096n + 40n, new Uint8Array(1));
     expect(errs).to.deep.equal([-22, -22]);
     expect(rig.svc.pinnedFrames).to.equal(14);
     await closeAndCheck(rig);
@@ -281,9 +281,9 @@ describe("gvt: guest writes to shadowed page tables", () => {
     expect(rig.vgpu.ppgtt.counters.guestWrites).to.equal(0);
     rig.drv.writeEntry(table, 0, ...pte(0x320));
     expect(rig.svc.pinnedFrames).to.equal(16);
-    expect(rig.svc.pinRefs[0x300]).to.equal(0);
-    expect(rig.svc.pinRefs[0x30f]).to.equal(0);
-    expect(rig.svc.pinRefs[0x32f]).to.equal(1);
+    expect(rig.svc.refs[0x300]).to.equal(0);
+    expect(rig.svc.refs[0x30f]).to.equal(0);
+    expect(rig.svc.refs[0x32f]).to.equal(1);
     rig.drv.writeEntry(table, 0, 0, 0);
     expect(rig.svc.pinnedFrames).to.equal(0);
     await closeAndCheck(rig);
@@ -307,8 +307,8 @@ describe("gvt: guest writes to shadowed page tables", () => {
     rig.drv.writeEntry(pt1, 0, ...pte(0x500));
     expect(rig.svc.protectedFrames.has(pt1)).to.equal(false);
     expect(rig.svc.protectedFrames.size).to.equal(4);
-    expect(rig.svc.pinRefs[0x100]).to.equal(1, "the shadow is not updated");
-    expect(rig.svc.pinRefs[0x500]).to.equal(0);
+    expect(rig.svc.refs[0x100]).to.equal(1, "the shadow is not updated");
+    expect(rig.svc.refs[0x500]).to.equal(0);
     // Failsafe drops workloads until an FLR clears it.
     expect(rig.vgpu.submitWorkload(root)).to.deep.equal({ status: 0, submitted: false, copied: 0 });
     await rig.vgpu.reset("flr");
@@ -337,10 +337,10 @@ describe("gvt: guest writes to shadowed page tables", () => {
     expect(fired).to.equal(2);
     expect(rig.vgpu.counters.deferredWrites).to.equal(3);
     // Final state = the guest's final tables: 0x800, 0x801, 0x102..0x109 in pt1; pt2's five.
-    expect(rig.svc.pinRefs[0x100]).to.equal(0);
-    expect(rig.svc.pinRefs[0x101]).to.equal(0);
-    expect(rig.svc.pinRefs[0x800]).to.equal(1);
-    expect(rig.svc.pinRefs[0x801]).to.equal(1);
+    expect(rig.svc.refs[0x100]).to.equal(0);
+    expect(rig.svc.refs[0x101]).to.equal(0);
+    expect(rig.svc.refs[0x800]).to.equal(1);
+    expect(rig.svc.refs[0x801]).to.equal(1);
     expect(rig.svc.pinnedFrames).to.equal(15);
     expect(rig.vgpu.cache.lookupGfn(0x800)?.kref).to.equal(1);
     await closeAndCheck(rig);

@@ -2,20 +2,11 @@ import { expect } from "chai";
 import { container } from "tsyringe";
 import { IVgpuVendor, KernelError, composeStack, loadPlugin } from "@vgpu-iommu/core";
 import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { FakeVgpuServices, thrown } from "@vgpu-iommu/core/testing";
 import { GVT_TYPES, GvtVendor } from "./gvt-vendor.js";
 import { plugin, gvtPlugin } from "./plugin.js";
 
-const svc = (): FakeVgpuServices => new FakeVgpuServices({ ramPages: 0x1000 });
-
-function code(f: () => unknown): string {
-  try {
-    f();
-  } catch (e) {
-    return (e as KernelError).code;
-  }
-  return "none";
-}
+const svc = (): FakeVgpuServices => new FakeVgpuServices({ guestPages: 0x1000 });
 
 describe("gvt: vendor, types and resources", () => {
   it("lists the four GVTg_V5 types with their low GM, high GM and fences", () => {
@@ -35,7 +26,7 @@ describe("gvt: vendor, types and resources", () => {
     const a = v.create("GVTg_V5_2", "a", svc());
     // 256 of 512 MiB aperture, 1024 of 3072 MiB hidden, 4 of 32 fences gone.
     expect(GVT_TYPES.map((t) => v.availableInstances(t.name))).to.deep.equal([4, 2, 1, 0]);
-    expect(code(() => v.create("GVTg_V5_1", "b", svc()))).to.equal("ENOSPC");
+    expect(thrown(() => v.create("GVTg_V5_1", "b", svc())).code).to.equal("ENOSPC");
     const b = v.create("GVTg_V5_4", "b", svc());
     expect(GVT_TYPES.map((t) => v.availableInstances(t.name))).to.deep.equal([2, 1, 0, 0]);
     expect(a.aperture.start + a.aperture.npages).to.equal(b.aperture.start, "first fit, after the host's 128 MiB");
@@ -44,7 +35,7 @@ describe("gvt: vendor, types and resources", () => {
     expect(GVT_TYPES.map((t) => v.availableInstances(t.name))).to.deep.equal([6, 3, 1, 0]);
     v.destroy(b);
     expect(GVT_TYPES.map((t) => v.availableInstances(t.name))).to.deep.equal([8, 4, 2, 1]);
-    expect(code(() => v.availableInstances("GVTg_V9_9"))).to.equal("EINVAL");
+    expect(thrown(() => v.availableInstances("GVTg_V9_9")).code).to.equal("EINVAL");
   });
 
   it("at most 8 vGPUs per GPU, numbered 1..8", () => {
@@ -52,7 +43,7 @@ describe("gvt: vendor, types and resources", () => {
     const made = Array.from({ length: 8 }, (_, i) => v.create("GVTg_V5_8", `g${i}`, svc()));
     expect(made.map((g) => g.id)).to.deep.equal([1, 2, 3, 4, 5, 6, 7, 8]);
     expect(v.availableInstances("GVTg_V5_8")).to.equal(0);
-    expect(code(() => v.create("GVTg_V5_8", "g8", svc()))).to.equal("ENOSPC");
+    expect(thrown(() => v.create("GVTg_V5_8", "g8", svc())).code).to.equal("ENOSPC");
     v.destroy(made[3]!);
     expect(v.create("GVTg_V5_8", "again", svc()).id).to.equal(4);
   });
@@ -64,7 +55,7 @@ describe("gvt: vendor, types and resources", () => {
     const s = svc();
     const g = v.create("GVTg_V5_8", "busy", s);
     await g.open();
-    expect(code(() => v.destroy(g))).to.equal("EBUSY");
+    expect(thrown(() => v.destroy(g)).code).to.equal("EBUSY");
     expect(v.warnings).to.equal(1);
     expect(warned).to.deep.equal(["intel_vgpu_remove"]);
     expect(v.vgpuCount).to.equal(1);
@@ -74,13 +65,13 @@ describe("gvt: vendor, types and resources", () => {
     await g.close();
     v.destroy(g);
     expect(v.vgpuCount).to.equal(0);
-    expect(code(() => v.destroy(g))).to.equal("EINVAL");
+    expect(thrown(() => v.destroy(g)).code).to.equal("EINVAL");
   });
 
   it("vGPUs on one GPU get disjoint partitions; writes into another's slice are ignored", async () => {
     const v = new GvtVendor();
-    const sa = new FakeVgpuServices({ ramPages: 0x1000, vm: "vmA" });
-    const sb = new FakeVgpuServices({ ramPages: 0x1000, vm: "vmB", parent: sa.parentDevice });
+    const sa = new FakeVgpuServices({ guestPages: 0x1000, vm: "vmA", vgpu: "a" });
+    const sb = new FakeVgpuServices({ guestPages: 0x1000, vm: "vmB", vgpu: "b", parent: sa.parent });
     const a = v.create("GVTg_V5_4", "a", sa);
     const b = v.create("GVTg_V5_4", "b", sb);
     await a.open();

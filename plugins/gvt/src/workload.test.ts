@@ -34,7 +34,7 @@ describe("gvt: workload submission through the ELSP", () => {
     expect(rig.svc.counters.irqs).to.equal(1);
     // The ring and batch pages are pinned only by their GTT entries, not by the copy.
     const ringGfn = rig.vgpu.ggtt.guestGfn(apIndex(rig, RING_SLOT));
-    expect(rig.svc.pinRefs[ringGfn]).to.equal(1);
+    expect(rig.svc.refs[ringGfn]).to.equal(1);
     await closeAndCheck(rig);
   });
 
@@ -57,7 +57,7 @@ describe("gvt: workload submission through the ELSP", () => {
   });
 
   it("a GGTT batch address whose entry names a frame outside guest RAM is -EFAULT too", async () => {
-    const rig = await makeRig({ services: { ramPages: 0x8000 } });
+    const rig = await makeRig({ services: { guestPages: 0x8000 } });
     const root = rig.drv.newTable();
     rig.drv.map(root, 0, 0x100);
     const batchGma = apIndex(rig, 200) * 4096;
@@ -102,7 +102,7 @@ describe("gvt: workload submission through the ELSP", () => {
     expect(rig.vgpu.ppgtt.pendingPostShadow()).to.equal(1);
     rig.drv.elspSubmit(desc);
     expect(rig.vgpu.ppgtt.pendingPostShadow()).to.equal(0);
-    expect(rig.svc.pinRefs[0x900]).to.equal(1);
+    expect(rig.svc.refs[0x900]).to.equal(1);
     expect(rig.vgpu.counters.workloads).to.equal(2);
     await closeAndCheck(rig);
   });

@@ -1,5 +1,5 @@
 import { expect } from "chai";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { FakeVgpuServices, NO_FAKE_LEAKS } from "@vgpu-iommu/core/testing";
 import { MOCK_SMALL, MockGpuVendor } from "./mock-gpu-vendor.js";
 import { MockGuestDriver } from "./mock-guest-driver.js";
 import { MOCK_FAULT_SITES, type MockFaultSite } from "./mock-faults.js";
@@ -30,7 +30,7 @@ async function scenario(vendor: MockGpuVendor, services: FakeVgpuServices): Prom
 }
 
 function expectNoLeak(services: FakeVgpuServices, vendor: MockGpuVendor): void {
-  expect(services.leaks()).to.deep.equal({ pins: 0, translations: 0, protected: 0 });
+  expect(services.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   expect(services.counters.framesPinned).to.equal(services.counters.framesUnpinned);
   expect(services.counters.maps).to.equal(services.counters.unmaps);
   for (const [id, n] of services.unmapsByHandle) expect(n, `unmaps of handle ${id}`).to.equal(1);

@@ -1,18 +1,9 @@
 import { expect } from "chai";
-import { KernelError, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from "@vgpu-iommu/core";
+import { outcome } from "@vgpu-iommu/core/testing";
+import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX } from "@vgpu-iommu/core";
 import { accessHalf, accessIndex, AWKWARD_TABLE_OFFSET, classifyAccess, entryOffset, HALF_BOTH, HALF_HIGH, HALF_LOW, makeGeometry, MOCK_MAGIC, readRegisters, REGISTER_ACCESS } from "./gtt-geometry.js";
 
 const BAR0 = VFIO_PCI_BAR0_REGION_INDEX;
-
-const reason = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof KernelError) return `${e.code}:${e.reason}`;
-    throw e;
-  }
-  return "ok";
-};
 
 describe("mock GPU: GTT geometry", () => {
   const g = makeGeometry(0x1000, 512, false);
@@ -43,22 +34,22 @@ describe("mock GPU: GTT geometry", () => {
     const hi = classifyAccess(awkward, BAR0, 0x2000n, 4, true);
     expect([accessIndex(lo), accessHalf(lo), accessIndex(hi), accessHalf(hi)]).to.deep.equal([0, HALF_LOW, 0, HALF_HIGH]);
     expect(entryOffset(awkward, 512)).to.equal(0x2ffcn);
-    expect(reason(() => classifyAccess(awkward, BAR0, 0x1ffcn, 8, true))).to.equal("EINVAL:mock-eight-byte-write");
+    expect(outcome(() => classifyAccess(awkward, BAR0, 0x1ffcn, 8, true))).to.equal("EINVAL:mock-eight-byte-write");
     expect(accessHalf(classifyAccess(awkward, BAR0, 0x1ffcn, 8, false))).to.equal(HALF_BOTH); // reads may be 8 bytes
   });
 
   it("refuses what the device does not accept with -EINVAL and a stable reason", () => {
-    expect(reason(() => classifyAccess(g, VFIO_PCI_CONFIG_REGION_INDEX, 0n, 4, true))).to.equal("EINVAL:mock-bad-region");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1000n, 3, true))).to.equal("EINVAL:mock-bad-access-size");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1000n, 16, true))).to.equal("EINVAL:mock-bad-access-size");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1000n, 2, true))).to.equal("EINVAL:mock-bad-access-size");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1000n, 1, false))).to.equal("EINVAL:mock-bad-access-size");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1004n, 8, true))).to.equal("EINVAL:mock-misaligned");
-    expect(reason(() => classifyAccess(g, BAR0, 0x1002n, 4, true))).to.equal("EINVAL:mock-misaligned");
-    expect(reason(() => classifyAccess(g, BAR0, 0xffcn, 8, true))).to.equal("EINVAL:mock-straddles-table");
-    expect(reason(() => classifyAccess(g, BAR0, 0x2000n, 4, true))).to.equal("EINVAL:mock-outside-bar");
-    expect(reason(() => classifyAccess(g, BAR0, -4n, 4, true))).to.equal("EINVAL:mock-outside-bar");
-    expect(reason(() => classifyAccess(g, BAR0, 0x11n, 4, true))).to.equal("EINVAL:mock-misaligned");
+    expect(outcome(() => classifyAccess(g, VFIO_PCI_CONFIG_REGION_INDEX, 0n, 4, true))).to.equal("EINVAL:mock-bad-region");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1000n, 3, true))).to.equal("EINVAL:mock-bad-access-size");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1000n, 16, true))).to.equal("EINVAL:mock-bad-access-size");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1000n, 2, true))).to.equal("EINVAL:mock-bad-access-size");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1000n, 1, false))).to.equal("EINVAL:mock-bad-access-size");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1004n, 8, true))).to.equal("EINVAL:mock-misaligned");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x1002n, 4, true))).to.equal("EINVAL:mock-misaligned");
+    expect(outcome(() => classifyAccess(g, BAR0, 0xffcn, 8, true))).to.equal("EINVAL:mock-straddles-table");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x2000n, 4, true))).to.equal("EINVAL:mock-outside-bar");
+    expect(outcome(() => classifyAccess(g, BAR0, -4n, 4, true))).to.equal("EINVAL:mock-outside-bar");
+    expect(outcome(() => classifyAccess(g, BAR0, 0x11n, 4, true))).to.equal("EINVAL:mock-misaligned");
   });
 
   it("treats the rest of BAR0 as registers: naturally aligned 1/2/4/8-byte accesses", () => {

@@ -1,22 +1,12 @@
 import { expect } from "chai";
-import { KernelError, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX } from "@vgpu-iommu/core";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR1_REGION_INDEX } from "@vgpu-iommu/core";
+import { FakeVgpuServices, NO_FAKE_LEAKS, outcome } from "@vgpu-iommu/core/testing";
 import { DEFAULT_SCRATCH_ADDRESS, MOCK_SMALL, MockGpuVendor } from "./mock-gpu-vendor.js";
 import { ENTRY_MAPPED, ENTRY_SCRATCH } from "./mock-vgpu.js";
 import { MockGuestDriver } from "./mock-guest-driver.js";
 import { GTT_GFN_MASK, GTT_PRESENT } from "./gtt-geometry.js";
 
 const BAR0 = VFIO_PCI_BAR0_REGION_INDEX;
-
-const rejects = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof KernelError) return `${e.code}:${e.reason}`;
-    throw e;
-  }
-  return "ok";
-};
 
 describe("mock GPU: hostile guest (vendors.md scenario 13)", () => {
   async function rig(fourByteOnly = false) {
@@ -38,11 +28,11 @@ describe("mock GPU: hostile guest (vendors.md scenario 13)", () => {
     expect(failures).to.deep.equal(["256:EINVAL", `${Number(GTT_GFN_MASK)}:EINVAL`]);
     expect([vgpu.entryState(0), vgpu.entryState(1), vgpu.entryState(2), vgpu.entryState(3)]).to.deep.equal([ENTRY_SCRATCH, ENTRY_SCRATCH, ENTRY_MAPPED, ENTRY_MAPPED]);
     expect([vgpu.shadowEntry(0), vgpu.shadowEntry(1)]).to.deep.equal([DEFAULT_SCRATCH_ADDRESS, DEFAULT_SCRATCH_ADDRESS]);
-    expect([services.totalPins, services.pins[5], services.pins[255], vgpu.stats().scratchEntries]).to.deep.equal([2, 1, 1, 2]);
+    expect([services.pinRefs, services.refs[5], services.refs[255], vgpu.stats().scratchEntries]).to.deep.equal([2, 1, 1, 2]);
     sub.dispose();
     await vgpu.close();
     vendor.destroy(vgpu);
-    expect(services.leaks()).to.deep.equal({ pins: 0, translations: 0, protected: 0 });
+    expect(services.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   });
 
   it("refuses writes of the wrong size, alignment, region or range with -EINVAL, changing nothing", async () => {
@@ -50,18 +40,18 @@ describe("mock GPU: hostile guest (vendors.md scenario 13)", () => {
     const t = BigInt(vgpu.geometry.tableOffset);
     const bytes = (n: number) => new Uint8Array(n).fill(0xff);
     const results = [
-      rejects(() => vgpu.write(BAR0, t, bytes(1))),
-      rejects(() => vgpu.write(BAR0, t, bytes(2))),
-      rejects(() => vgpu.write(BAR0, t, bytes(3))),
-      rejects(() => vgpu.write(BAR0, t, bytes(16))),
-      rejects(() => vgpu.write(BAR0, t, bytes(0))),
-      rejects(() => vgpu.write(BAR0, t + 4n, bytes(8))),
-      rejects(() => vgpu.write(BAR0, t + 2n, bytes(4))),
-      rejects(() => vgpu.write(BAR0, t - 4n, bytes(8))),
-      rejects(() => vgpu.write(BAR0, BigInt(vgpu.geometry.barBytes), bytes(4))),
-      rejects(() => vgpu.write(BAR0, 1n << 64n, bytes(4))),
-      rejects(() => vgpu.write(VFIO_PCI_BAR1_REGION_INDEX, 0n, bytes(8))),
-      rejects(() => vgpu.read(BAR0, t + 1n, 4)),
+      outcome(() => vgpu.write(BAR0, t, bytes(1))),
+      outcome(() => vgpu.write(BAR0, t, bytes(2))),
+      outcome(() => vgpu.write(BAR0, t, bytes(3))),
+      outcome(() => vgpu.write(BAR0, t, bytes(16))),
+      outcome(() => vgpu.write(BAR0, t, bytes(0))),
+      outcome(() => vgpu.write(BAR0, t + 4n, bytes(8))),
+      outcome(() => vgpu.write(BAR0, t + 2n, bytes(4))),
+      outcome(() => vgpu.write(BAR0, t - 4n, bytes(8))),
+      outcome(() => vgpu.write(BAR0, BigInt(vgpu.geometry.barBytes), bytes(4))),
+      outcome(() => vgpu.write(BAR0, 1n << 64n, bytes(4))),
+      outcome(() => vgpu.write(VFIO_PCI_BAR1_REGION_INDEX, 0n, bytes(8))),
+      outcome(() => vgpu.read(BAR0, t + 1n, 4)),
     ];
     expect(results).to.deep.equal([
       "EINVAL:mock-bad-access-size",
@@ -77,27 +67,27 @@ describe("mock GPU: hostile guest (vendors.md scenario 13)", () => {
       "EINVAL:mock-bad-region",
       "EINVAL:mock-misaligned",
     ]);
-    expect([services.counters.translateCalls, services.totalPins, vgpu.guestEntry(0)]).to.deep.equal([0, 0, 0n]);
+    expect([services.counters.translateCalls, services.pinRefs, vgpu.guestEntry(0)]).to.deep.equal([0, 0, 0n]);
     // Register space swallows writes.
-    expect(rejects(() => vgpu.write(BAR0, 0n, bytes(4)))).to.equal("ok");
+    expect(outcome(() => vgpu.write(BAR0, 0n, bytes(4)))).to.equal("ok");
     await vgpu.close();
     vendor.destroy(vgpu);
-    expect(services.leaks()).to.deep.equal({ pins: 0, translations: 0, protected: 0 });
+    expect(services.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   });
 
   it("survives a guest that points every entry at one frame and churns them: one pin, exact refcounts", async () => {
     const { services, vendor, vgpu, driver } = await rig(true);
     for (let i = 0; i < 64; i++) driver.map(i, 9);
-    expect([services.totalPins, services.counters.translateCalls, vgpu.cache.refs]).to.deep.equal([1, 1, 64]);
+    expect([services.pinRefs, services.counters.translateCalls, vgpu.cache.refs]).to.deep.equal([1, 1, 64]);
     // Half-written entries (only the low half) keep the old shadow until the high half arrives.
     const lo = new Uint8Array(4);
     new DataView(lo.buffer).setUint32(0, (10 << 12) | 1, true);
     for (let round = 0; round < 3; round++) for (let i = 0; i < 64; i += 2) vgpu.write(BAR0, BigInt(vgpu.geometry.tableOffset + i * 8), lo);
-    expect([services.totalPins, vgpu.cache.refs]).to.deep.equal([1, 64]);
+    expect([services.pinRefs, vgpu.cache.refs]).to.deep.equal([1, 64]);
     for (let i = 0; i < 64; i++) driver.clear(i);
-    expect([services.totalPins, vgpu.cache.count, services.counters.releaseCalls]).to.deep.equal([0, 0, 1]);
+    expect([services.pinRefs, vgpu.cache.count, services.counters.releaseCalls]).to.deep.equal([0, 0, 1]);
     await vgpu.close();
     vendor.destroy(vgpu);
-    expect(services.leaks()).to.deep.equal({ pins: 0, translations: 0, protected: 0 });
+    expect(services.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   });
 });

@@ -1,20 +1,10 @@
 import { expect } from "chai";
 import { container } from "tsyringe";
-import { composeStack, IVgpuVendor, KernelError, loadPlugin } from "@vgpu-iommu/core";
+import { composeStack, IVgpuVendor, loadPlugin } from "@vgpu-iommu/core";
 import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { FakeVgpuServices, outcome } from "@vgpu-iommu/core/testing";
 import { MOCK_LARGE, MOCK_SMALL, MockGpuVendor } from "./mock-gpu-vendor.js";
 import { MOCK_GPU_PLUGIN_ID, mockGpuPlugin, plugin } from "./plugin.js";
-
-const fails = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof KernelError) return `${e.code}:${e.reason}`;
-    throw e;
-  }
-  return "ok";
-};
 
 describe("mock GPU: vendor", () => {
   it("counts instances from a shared pool of partition slots", () => {
@@ -25,7 +15,7 @@ describe("mock GPU: vendor", () => {
     expect(big.geometry.tableEntries).to.equal(1024);
     expect([v.availableInstances(MOCK_SMALL), v.availableInstances(MOCK_LARGE), v.usedSlots]).to.deep.equal([3, 1, 2]);
     v.create(MOCK_LARGE, "big2", new FakeVgpuServices());
-    expect(fails(() => v.create(MOCK_LARGE, "big3", new FakeVgpuServices()))).to.equal("ENOSPC:mock-no-slots");
+    expect(outcome(() => v.create(MOCK_LARGE, "big3", new FakeVgpuServices()))).to.equal("ENOSPC:mock-no-slots");
     v.create(MOCK_SMALL, "small", new FakeVgpuServices());
     expect(v.availableInstances(MOCK_SMALL)).to.equal(0);
     expect(v.vgpus.map((g) => g.name)).to.deep.equal(["big", "big2", "small"]);
@@ -33,13 +23,13 @@ describe("mock GPU: vendor", () => {
 
   it("refuses unknown types, duplicate names, destroying an open or foreign vGPU", async () => {
     const v = new MockGpuVendor();
-    expect(fails(() => v.availableInstances("nope"))).to.equal("EINVAL:mock-unknown-type");
+    expect(outcome(() => v.availableInstances("nope"))).to.equal("EINVAL:mock-unknown-type");
     const g = v.create(MOCK_SMALL, "g", new FakeVgpuServices());
-    expect(fails(() => v.create(MOCK_SMALL, "g", new FakeVgpuServices()))).to.equal("EEXIST:mock-duplicate-name");
+    expect(outcome(() => v.create(MOCK_SMALL, "g", new FakeVgpuServices()))).to.equal("EEXIST:mock-duplicate-name");
     await g.open();
-    expect(fails(() => v.destroy(g))).to.equal("EBUSY:mock-vgpu-open");
+    expect(outcome(() => v.destroy(g))).to.equal("EBUSY:mock-vgpu-open");
     const other = new MockGpuVendor().create(MOCK_SMALL, "g", new FakeVgpuServices());
-    expect(fails(() => v.destroy(other))).to.equal("ENODEV:mock-unknown-vgpu");
+    expect(outcome(() => v.destroy(other))).to.equal("ENODEV:mock-unknown-vgpu");
     await g.close();
     v.destroy(g);
     expect([v.vgpus.length, v.usedSlots, v.availableInstances(MOCK_SMALL)]).to.deep.equal([0, 0, 8]);
@@ -62,7 +52,7 @@ describe("mock GPU: vendor", () => {
   it("a failed allocation at create reserves nothing", () => {
     const v = new MockGpuVendor();
     v.failNth(1);
-    expect(fails(() => v.create(MOCK_SMALL, "g", new FakeVgpuServices()))).to.equal("ENOMEM:mock-injected-alloc-failure");
+    expect(outcome(() => v.create(MOCK_SMALL, "g", new FakeVgpuServices()))).to.equal("ENOMEM:mock-injected-alloc-failure");
     expect([v.faults.fired, v.usedSlots, v.vgpus.length]).to.deep.equal(["alloc", 0, 0]);
   });
 

@@ -1,7 +1,7 @@
 import { expect } from "chai";
 import sinon from "sinon";
 import { KernelError, VFIO_PCI_BAR0_REGION_INDEX, VfioError } from "@vgpu-iommu/core";
-import { FakeParent, FakeVgpuServices } from "./testing/fake-services.js";
+import { FakeParent, FakeVgpuServices, NO_FAKE_LEAKS, outcome } from "@vgpu-iommu/core/testing";
 import { DEFAULT_SCRATCH_ADDRESS, MOCK_SMALL, MockGpuVendor, type MockGpuOptions } from "./mock-gpu-vendor.js";
 import { ENTRY_EMPTY, ENTRY_MAPPED, ENTRY_REVOKED, ENTRY_SCRATCH, ENTRY_STALE, type MockVgpu } from "./mock-vgpu.js";
 import { MockGuestDriver } from "./mock-guest-driver.js";
@@ -28,21 +28,11 @@ async function rig(options: MockGpuOptions = {}, services = new FakeVgpuServices
 async function teardown({ vendor, services, vgpu }: Rig): Promise<void> {
   await vgpu.close();
   vendor.destroy(vgpu);
-  expect(services.leaks()).to.deep.equal({ pins: 0, translations: 0, protected: 0 });
+  expect(services.leaks()).to.deep.equal(NO_FAKE_LEAKS);
   expect([vgpu.cache.count, vgpu.cache.refs, vendor.usedSlots]).to.deep.equal([0, 0, 0]);
   for (const [id, n] of services.unmapsByHandle) expect(n, `unmaps of handle ${id}`).to.equal(1);
   expect(vgpu.listenerCount()).to.equal(0);
 }
-
-const codeOf = (fn: () => unknown): string => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof KernelError) return `${e.code}:${e.reason}`;
-    throw e;
-  }
-  return "ok";
-};
 
 describe("mock GPU: vGPU on fake services", () => {
   afterEach(() => sinon.restore());
@@ -54,7 +44,7 @@ describe("mock GPU: vGPU on fake services", () => {
     expect(translate.callCount).to.equal(1);
     expect(translate.firstCall.args[0]).to.deep.equal({ start: 100, npages: 1 });
     expect(translate.firstCall.args[1]).to.deep.equal({ prot: 3, device: r.services.parentDevice });
-    expect([r.services.totalPins, r.services.pins[100], r.services.counters.maps]).to.deep.equal([1, 1, 1]);
+    expect([r.services.pinRefs, r.services.refs[100], r.services.counters.maps]).to.deep.equal([1, 1, 1]);
     expect(r.vgpu.shadowEntry(5)).to.equal(r.services.parent.iovaBase);
     expect(r.vgpu.entryState(5)).to.equal(ENTRY_MAPPED);
     expect(r.driver.readEntry(5)).to.equal(gttEntry(100));
@@ -69,13 +59,13 @@ describe("mock GPU: vGPU on fake services", () => {
     r.driver.map(0, 7);
     r.driver.map(1, 7);
     const slot = r.vgpu.cache.findGfn(7);
-    expect([r.services.counters.translateCalls, r.services.totalPins, r.vgpu.cache.refOf(slot), r.vgpu.cache.count]).to.deep.equal([1, 1, 2, 1]);
+    expect([r.services.counters.translateCalls, r.services.pinRefs, r.vgpu.cache.refOf(slot), r.vgpu.cache.count]).to.deep.equal([1, 1, 2, 1]);
     expect(r.vgpu.shadowEntry(0)).to.equal(r.vgpu.shadowEntry(1));
     r.driver.clear(0);
-    expect([r.vgpu.cache.refOf(slot), r.services.counters.releaseCalls, r.services.totalPins]).to.deep.equal([1, 0, 1]);
+    expect([r.vgpu.cache.refOf(slot), r.services.counters.releaseCalls, r.services.pinRefs]).to.deep.equal([1, 0, 1]);
     expect(r.vgpu.entryState(0)).to.equal(ENTRY_EMPTY);
     r.driver.clear(1);
-    expect([r.vgpu.cache.count, r.services.counters.releaseCalls, r.services.totalPins]).to.deep.equal([0, 1, 0]);
+    expect([r.vgpu.cache.count, r.services.counters.releaseCalls, r.services.pinRefs]).to.deep.equal([0, 1, 0]);
     await teardown(r);
   });
 
@@ -87,7 +77,7 @@ describe("mock GPU: vGPU on fake services", () => {
     r.driver.map(3, 11);
     expect(translate.calledOnce && release.calledOnce).to.be.true;
     expect(translate.calledBefore(release)).to.be.true;
-    expect([r.services.pins[10], r.services.pins[11], r.vgpu.cache.count]).to.deep.equal([0, 1, 1]);
+    expect([r.services.refs[10], r.services.refs[11], r.vgpu.cache.count]).to.deep.equal([0, 1, 1]);
     // Rewriting the same value takes a reference, then drops the old one: no translate, no release.
     r.driver.map(3, 11);
     expect([translate.callCount, release.callCount, r.vgpu.cache.refs]).to.deep.equal([1, 1, 1]);
@@ -108,8 +98,8 @@ describe("mock GPU: vGPU on fake services", () => {
     const hi = new Uint8Array(4);
     new DataView(hi.buffer).setUint32(0, Number(value >> 32n), true);
     big.vgpu.write(BAR0, BigInt(big.vgpu.geometry.tableOffset + 4), hi);
-    expect([services.counters.translateCalls, services.pins[0x1_2345], big.vgpu.entryState(0)]).to.deep.equal([1, 1, ENTRY_MAPPED]);
-    expect(codeOf(() => big.driver.writeRaw(1, gttEntry(1), false))).to.equal("EINVAL:mock-eight-byte-write");
+    expect([services.counters.translateCalls, services.refs[0x1_2345], big.vgpu.entryState(0)]).to.deep.equal([1, 1, ENTRY_MAPPED]);
+    expect(outcome(() => big.driver.writeRaw(1, gttEntry(1), false))).to.equal("EINVAL:mock-eight-byte-write");
     r.driver.map(0, 9);
     expect(events).to.deep.equal([false, true]);
     sub.dispose();
@@ -124,7 +114,7 @@ describe("mock GPU: vGPU on fake services", () => {
     r.driver.map(0, 1); // 0x1ffc..0x2003
     r.driver.map(512, 2); // 0x2ffc..0x3003
     r.driver.map(1023, 3);
-    expect([r.vgpu.entryState(0), r.vgpu.entryState(512), r.vgpu.entryState(1023), r.services.totalPins]).to.deep.equal([ENTRY_MAPPED, ENTRY_MAPPED, ENTRY_MAPPED, 3]);
+    expect([r.vgpu.entryState(0), r.vgpu.entryState(512), r.vgpu.entryState(1023), r.services.pinRefs]).to.deep.equal([ENTRY_MAPPED, ENTRY_MAPPED, ENTRY_MAPPED, 3]);
     expect(r.driver.readEntry(512)).to.equal(gttEntry(2));
     await teardown(r);
   });
@@ -136,12 +126,12 @@ describe("mock GPU: vGPU on fake services", () => {
     const sub = r.vgpu.on("mapFailed", (e) => events.push(`${e.index}:${e.gfn}:${e.code}:${e.reason}`));
     const stub = sinon.stub(r.services, "translate").throws(new VfioError("ENOMEM", "pin-memlock-exceeded"));
     r.driver.map(2, 50);
-    expect([r.vgpu.entryState(2), r.vgpu.shadowEntry(2), r.services.totalPins]).to.deep.equal([ENTRY_SCRATCH, SCRATCH, 0]);
+    expect([r.vgpu.entryState(2), r.vgpu.shadowEntry(2), r.services.pinRefs]).to.deep.equal([ENTRY_SCRATCH, SCRATCH, 0]);
     expect(events).to.deep.equal(["2:50:ENOMEM:pin-memlock-exceeded"]);
     expect(failed.calledOnceWith(r.vgpu.name, 2, 50)).to.be.true;
     stub.restore();
     r.driver.map(2, 50);
-    expect([r.vgpu.entryState(2), r.services.totalPins, r.vgpu.stats().mapFailures]).to.deep.equal([ENTRY_MAPPED, 1, 1]);
+    expect([r.vgpu.entryState(2), r.services.pinRefs, r.vgpu.stats().mapFailures]).to.deep.equal([ENTRY_MAPPED, 1, 1]);
     sub.dispose();
     await teardown(r);
   });
@@ -149,10 +139,10 @@ describe("mock GPU: vGPU on fake services", () => {
   it("dmaUnmap drops every cache entry in the range whatever its refcount, and scrubs their shadows", async () => {
     const r = await rig();
     r.driver.mapAll([100, 100, 100, 101, 102, 200]);
-    expect([r.vgpu.cache.count, r.vgpu.cache.refs, r.services.totalPins]).to.deep.equal([4, 6, 4]);
+    expect([r.vgpu.cache.count, r.vgpu.cache.refs, r.services.pinRefs]).to.deep.equal([4, 6, 4]);
     const unmapped = sinon.spy(r.vendor.hooks, "afterUnmap");
     r.vgpu.dmaUnmap(100n << 12n, 2n << 12n); // gfns 100, 101
-    expect([r.vgpu.cache.count, r.services.pins[100], r.services.pins[101], r.services.pins[102], r.services.totalPins]).to.deep.equal([2, 0, 0, 1, 2]);
+    expect([r.vgpu.cache.count, r.services.refs[100], r.services.refs[101], r.services.refs[102], r.services.pinRefs]).to.deep.equal([2, 0, 0, 1, 2]);
     expect(unmapped.args.map((a) => [a[1], a[3]])).to.deep.equal([
       [100, "dma-unmap"],
       [101, "dma-unmap"],
@@ -168,12 +158,12 @@ describe("mock GPU: vGPU on fake services", () => {
   });
 
   it("with staleShadows, leaves the dead address in the shadow, which the isolation checker reports", async () => {
-    const parent = new FakeParent("0000:00:02.0", 0x1_0000_0000n, true);
+    const parent = new FakeParent({ recycle: true });
     const r = await rig({ staleShadows: true }, new FakeVgpuServices({ guestPages: 1024, parent }));
     r.driver.mapAll([100, 100, 500]);
     const dead = r.vgpu.shadowEntry(0);
     r.vgpu.dmaUnmap(100n << 12n, 1n << 12n);
-    expect([r.vgpu.entryState(0), r.vgpu.entryState(1), r.vgpu.shadowEntry(0), r.services.totalPins]).to.deep.equal([ENTRY_STALE, ENTRY_STALE, dead, 1]);
+    expect([r.vgpu.entryState(0), r.vgpu.entryState(1), r.vgpu.shadowEntry(0), r.services.pinRefs]).to.deep.equal([ENTRY_STALE, ENTRY_STALE, dead, 1]);
     expect(r.vgpu.stats().staleEntries).to.equal(2);
     expect(r.services.checkIsolation(r.vgpu.deviceVisibleAddresses())).to.deep.equal([
       { addr: dead, kind: "unmapped" },
@@ -196,13 +186,13 @@ describe("mock GPU: vGPU on fake services", () => {
     const events: string[] = [];
     const sub = r.vgpu.on("reset", (e) => events.push(`${e.kind}:${e.released}`));
     await r.vgpu.reset("engine");
-    expect([r.services.totalPins, r.vgpu.cache.refs]).to.deep.equal([3, 4]);
+    expect([r.services.pinRefs, r.vgpu.cache.refs]).to.deep.equal([3, 4]);
     await r.vgpu.reset("flr");
-    expect([r.services.totalPins, r.services.live.size, r.vgpu.cache.count, r.driver.readEntry(0), r.vgpu.shadowEntry(3)]).to.deep.equal([0, 0, 0, 0n, SCRATCH]);
+    expect([r.services.pinRefs, r.services.liveTranslations, r.vgpu.cache.count, r.driver.readEntry(0), r.vgpu.shadowEntry(3)]).to.deep.equal([0, 0, 0, 0n, SCRATCH]);
     r.driver.map(0, 1);
     await r.vgpu.reset("d3-resume");
     expect(events).to.deep.equal(["engine:0", "flr:3", "d3-resume:1"]);
-    expect(r.services.totalPins).to.equal(0);
+    expect(r.services.pinRefs).to.equal(0);
     sub.dispose();
     await teardown(r);
   });
@@ -210,13 +200,13 @@ describe("mock GPU: vGPU on fake services", () => {
   it("close releases every translation, exactly once each; the vGPU reopens empty", async () => {
     const r = await rig();
     r.driver.mapAll(Array.from({ length: 64 }, (_, i) => 100 + (i % 40)));
-    expect([r.services.totalPins, r.vgpu.cache.refs]).to.deep.equal([40, 64]);
+    expect([r.services.pinRefs, r.vgpu.cache.refs]).to.deep.equal([40, 64]);
     const closed = sinon.spy();
     const sub = r.vgpu.on("closed", closed);
     await r.vgpu.close();
     expect(closed.calledOnceWith({ vgpu: r.vgpu.name, released: 40 })).to.be.true;
-    expect([r.services.totalPins, r.services.counters.releaseCalls, r.services.counters.unmaps]).to.deep.equal([0, 40, 40]);
-    expect(codeOf(() => r.driver.map(0, 1))).to.equal("ENODEV:mock-not-open");
+    expect([r.services.pinRefs, r.services.counters.releaseCalls, r.services.counters.unmaps]).to.deep.equal([0, 40, 40]);
+    expect(outcome(() => r.driver.map(0, 1))).to.equal("ENODEV:mock-not-open");
     await r.vgpu.open();
     const again = await r.vgpu.open().then(
       () => "ok",
@@ -238,12 +228,12 @@ describe("mock GPU: vGPU on fake services", () => {
     expect([map.callCount, r.vgpu.entryState(0), r.services.counters.translateCalls]).to.deep.equal([1, ENTRY_SCRATCH, 0]);
     r.driver.map(0, 2);
     r.driver.map(0, 3);
-    expect([map.callCount, put.callCount, r.services.totalPins]).to.deep.equal([3, 1, 1]);
+    expect([map.callCount, put.callCount, r.services.pinRefs]).to.deep.equal([3, 1, 1]);
     expect(put.firstCall.args[0]).to.equal(r.services.parent.iovaBase);
     // A hook that throws during a release is counted; the release still happens.
     sinon.stub(r.vendor.hooks, "beforeUnmap").throws(new Error("observer bug"));
     r.driver.clear(0);
-    expect([r.services.totalPins, r.vgpu.stats().hookErrors]).to.deep.equal([0, 1]);
+    expect([r.services.pinRefs, r.vgpu.stats().hookErrors]).to.deep.equal([0, 1]);
     await teardown(r);
   });
 
@@ -267,6 +257,6 @@ describe("mock GPU: vGPU on fake services", () => {
     await vb.close();
     vendor.destroy(va);
     vendor.destroy(vb);
-    expect([a.totalPins, b.totalPins, parent.mappedRanges]).to.deep.equal([0, 0, 0]);
+    expect([a.pinRefs, b.pinRefs, parent.mappedRanges]).to.deep.equal([0, 0, 0]);
   });
 });

@@ -1,6 +1,6 @@
 import { expect } from "chai";
 import { measureGetIova512, shuffledFrames } from "./bench.js";
-import { FakeGuest } from "./testing/fake-services.js";
+import { FakeGuest } from "@vgpu-iommu/core/testing";
 import type { NvidiaVgpu } from "./nvidia-vgpu.js";
 
 describe("nvidia bench: nvidia.get-iova.512", () => {
@@ -15,7 +15,7 @@ describe("nvidia bench: nvidia.get-iova.512", () => {
     const guest = new FakeGuest({ guestPages: 8192 });
     let tornDown = 0;
     const figures = await measureGetIova512(async (vendor, type) => {
-      const vgpu = vendor.create(type, "bench0", guest.services("bench0")) as NvidiaVgpu;
+      const vgpu = vendor.create(type, "bench0", guest.servicesFor("bench0")) as NvidiaVgpu;
       await vgpu.open();
       return {
         vgpu,
@@ -32,6 +32,6 @@ describe("nvidia bench: nvidia.get-iova.512", () => {
     expect(figures.runs).to.have.length(2);
     expect(figures.value).to.be.greaterThan(0);
     expect(figures.note).to.match(/^8 batches of 512 frames \(shuffled\)/);
-    expect([tornDown, guest.totalPins, guest.mappings.size]).to.deep.equal([1, 0, 0]);
+    expect([tornDown, guest.totalPins, guest.parent.mappedRanges]).to.deep.equal([1, 0, 0]);
   });
 });

@@ -1,25 +1,15 @@
 import { expect } from "chai";
-import { KernelError, VfioError } from "@vgpu-iommu/core";
-import { FakeVgpuServices } from "./testing/fake-services.js";
+import { VfioError } from "@vgpu-iommu/core";
+import { FakeVgpuServices, rejection } from "@vgpu-iommu/core/testing";
 import { openBench, scrambled, setBits, type Bench } from "./testing/harness.js";
 import { NV_INITIAL_CACHE_SIZE } from "./mapping-cache.js";
-
-async function rejects(p: () => unknown): Promise<KernelError> {
-  try {
-    await p();
-  } catch (e) {
-    expect(e).to.be.instanceOf(KernelError);
-    return e as KernelError;
-  }
-  expect.fail("expected a KernelError");
-}
 
 /** What every test ends with: nothing pinned, mapped or warned, anywhere. */
 async function expectNoLeaks(b: Bench): Promise<void> {
   await b.teardown();
   expect(b.guest.totalPins, "pins left").to.equal(0);
   expect(b.guest.lockedPages, "memlock charge left").to.equal(0);
-  expect(b.guest.mappings.size, "device mappings left").to.equal(0);
+  expect(b.guest.parent.mappedRanges, "device mappings left").to.equal(0);
   expect(b.guest.warnings, "unbalanced unpins").to.deep.equal([]);
   expect(b.vendor.resources.counters).to.deep.include({ fbSegmentsUsed: 0, chidsUsed: 0 });
 }
@@ -33,17 +23,17 @@ describe("nvidia mdev: GET_HOST_PFN (gpfn_list)", () => {
     const [v] = b.vgpus;
     const [s] = b.services;
     const out = v!.translateGfns([10, 3, 700, 10], "GET_HOST_PFN");
-    expect([...out]).to.deep.equal([10, 3, 700, 10].map((g) => b.guest.pfnOf(g)));
+    expect([...out]).to.deep.equal([10, 3, 700, 10].map((g) => b.guest.pfnOf[g]));
     expect([v!.hostPfnRefcount(10), v!.hostPfnRefcount(3), v!.hostPfnRefcount(700)]).to.deep.equal([2, 1, 1]);
     v!.translateGfns([3], "GET_HOST_PFN");
     expect(v!.hostPfnRefcount(3)).to.equal(2);
-    expect([v!.pins, s!.pins, s!.counters.pinCalls, s!.counters.pinnedPages]).to.deep.equal([5, 5, 2, 5]);
+    expect([v!.pins, s!.pinRefs, s!.counters.pinCalls, s!.counters.pinnedPages]).to.deep.equal([5, 5, 2, 5]);
     expect(b.guest.lockedPages).to.equal(3);
 
     expect(v!.unpinGfns([10], "GET_HOST_PFN")).to.equal(1);
-    expect([v!.hostPfnRefcount(10), s!.mine[10]]).to.deep.equal([1, 1]);
+    expect([v!.hostPfnRefcount(10), s!.refs[10]]).to.deep.equal([1, 1]);
     expect(v!.unpinGfns([10, 3, 3, 700], "GET_HOST_PFN")).to.equal(4);
-    expect([v!.pins, s!.pins, b.guest.lockedPages]).to.deep.equal([0, 0, 0]);
+    expect([v!.pins, s!.pinRefs, b.guest.lockedPages]).to.deep.equal([0, 0, 0]);
     // An unpin of a frame not in the list is logged, not passed to VFIO.
     const calls = s!.counters.unpinCalls;
     expect(v!.unpinGfns([10], "GET_HOST_PFN")).to.equal(0);
@@ -63,11 +53,11 @@ describe("nvidia mdev: GET_HOST_PFN (gpfn_list)", () => {
     b.guest.memlockPages = 1000;
     const [v] = b.vgpus;
     const [s] = b.services;
-    const e = await rejects(() => v!.translateGfns(scrambled(0, 1300), "GET_HOST_PFN"));
+    const e = await rejection(() => v!.translateGfns(scrambled(0, 1300), "GET_HOST_PFN"));
     expect([e.code, e.errno, e.reason]).to.deep.equal(["ENOMEM", 12, "memlock-limit"]);
     // First chunk of 512 pinned, second refused whole, first unpinned again.
     expect([s!.counters.pinCalls, s!.counters.pinnedPages, s!.counters.unpinCalls, s!.counters.unpinnedPages]).to.deep.equal([2, 512, 1, 512]);
-    expect([v!.pins, s!.pins, b.guest.lockedPages, v!.hostPfnRefcount(0)]).to.deep.equal([0, 0, 0, 0]);
+    expect([v!.pins, s!.pinRefs, b.guest.lockedPages, v!.hostPfnRefcount(0)]).to.deep.equal([0, 0, 0, 0]);
   });
 
   it("treats a short pin count as a WARN: unpins what was pinned and fails with -EIO", async () => {
@@ -77,13 +67,13 @@ describe("nvidia mdev: GET_HOST_PFN (gpfn_list)", () => {
         super.pinPagesArray(gfns, half, prot, out);
         return half;
       }
-    })(b.guest, "short");
+    })({ guest: b.guest, vgpu: "short" });
     const v = await b.add("NV-2Q", short);
     const rec = b.events[1]!;
-    const e = await rejects(() => v.translateGfns([1, 2, 3, 4, 5, 6], "GET_HOST_PFN"));
+    const e = await rejection(() => v.translateGfns([1, 2, 3, 4, 5, 6], "GET_HOST_PFN"));
     expect([e.code, e.reason, e.fields["requested"], e.fields["pinned"]]).to.deep.equal(["EIO", "pin-count-mismatch", 6, 3]);
     expect(rec.warned).to.deep.equal([{ vgpu: "vgpu1", site: "nv_vgpu_translate_gfn_to_pfn", details: { requested: 6, pinned: 3 } }]);
-    expect([short.pins, short.counters.unpinnedPages, v.pins]).to.deep.equal([0, 3, 0]);
+    expect([short.pinRefs, short.counters.unpinnedPages, v.pins]).to.deep.equal([0, 3, 0]);
   });
 });
 
@@ -97,8 +87,8 @@ describe("nvidia mdev: GET_IOVA (mapping_cache, one mapping per batch)", () => {
     const [s] = b.services;
     const frames = scrambled(4096, 512);
     const out = v!.translateGfns(frames, "GET_IOVA");
-    expect([s!.counters.translations, s!.counters.maps, s!.counters.pinCalls, s!.liveMappings]).to.deep.equal([1, 1, 0, 1]);
-    expect([v!.pins, s!.pins, v!.liveNodes, v!.liveTranslations]).to.deep.equal([512, 512, 1, 1]);
+    expect([s!.counters.translations, s!.counters.maps, s!.counters.pinCalls, s!.liveTranslations]).to.deep.equal([1, 1, 0, 1]);
+    expect([v!.pins, s!.pinRefs, v!.liveNodes, v!.liveTranslations]).to.deep.equal([512, 512, 1, 1]);
     for (let i = 0; i < 512; i++) expect(out[i]).to.equal(out[0]! + i);
     expect(v!.cacheSlot(frames[0]!)).to.be.greaterThan(0); // the node hangs on the base frame
     expect(v!.cacheSlot(frames[1]!)).to.equal(-v!.cacheSlot(frames[0]!)); // GFN_PINNED, tagged with its batch
@@ -128,12 +118,12 @@ describe("nvidia mdev: GET_IOVA (mapping_cache, one mapping per batch)", () => {
     const [v] = b.vgpus;
     const [s] = b.services;
     v!.translateGfns([5, 6, 7], "GET_IOVA");
-    const e = await rejects(() => v!.translateGfns([9, 6], "GET_IOVA"));
+    const e = await rejection(() => v!.translateGfns([9, 6], "GET_IOVA"));
     expect([e.code, e.errno, e.reason, e.fields["gpfn"]]).to.deep.equal(["EEXIST", 17, "guest-pfn-already-pinned", 6]);
     // The shim pins before it checks: the refused batch was pinned and mapped, then released.
     expect([s!.counters.translations, s!.counters.releases, s!.counters.maps, s!.counters.unmaps]).to.deep.equal([2, 1, 2, 1]);
-    expect([v!.pins, s!.pins, v!.liveNodes, v!.cacheSlot(9)]).to.deep.equal([3, 3, 1, 0]);
-    const dup = await rejects(() => v!.translateGfns([20, 21, 20], "GET_IOVA"));
+    expect([v!.pins, s!.pinRefs, v!.liveNodes, v!.cacheSlot(9)]).to.deep.equal([3, 3, 1, 0]);
+    const dup = await rejection(() => v!.translateGfns([20, 21, 20], "GET_IOVA"));
     expect([dup.code, dup.fields["gpfn"]]).to.deep.equal(["EEXIST", 20]);
     expect([v!.pins, v!.cacheSlot(20), v!.cacheSlot(21)]).to.deep.equal([3, 0, 0]);
   });
@@ -143,19 +133,19 @@ describe("nvidia mdev: GET_IOVA (mapping_cache, one mapping per batch)", () => {
     const [s] = b.services;
     const frames = scrambled(0, 600);
     frames[550] = frames[10]!;
-    const e = await rejects(() => v!.translateGfns(frames, "GET_IOVA"));
+    const e = await rejection(() => v!.translateGfns(frames, "GET_IOVA"));
     expect(e.code).to.equal("EEXIST");
-    expect([v!.pins, s!.pins, v!.liveNodes, s!.liveMappings, s!.counters.translations, s!.counters.releases]).to.deep.equal([0, 0, 0, 0, 2, 2]);
+    expect([v!.pins, s!.pinRefs, v!.liveNodes, s!.liveTranslations, s!.counters.translations, s!.counters.releases]).to.deep.equal([0, 0, 0, 0, 2, 2]);
   });
 
   it("under memlock pressure fails the whole request with -ENOMEM: the first batch is unmapped and unpinned", async () => {
     b.guest.memlockPages = 1000;
     const [v] = b.vgpus;
     const [s] = b.services;
-    const e = await rejects(() => v!.translateGfns(scrambled(0, 1300), "GET_IOVA"));
+    const e = await rejection(() => v!.translateGfns(scrambled(0, 1300), "GET_IOVA"));
     expect([e.code, e.reason]).to.deep.equal(["ENOMEM", "memlock-limit"]);
     expect([s!.counters.translations, s!.counters.maps, s!.counters.unmaps, s!.counters.releases]).to.deep.equal([1, 1, 1, 1]);
-    expect([v!.pins, s!.pins, b.guest.lockedPages, v!.liveNodes, v!.cacheSlot(0)]).to.deep.equal([0, 0, 0, 0, 0]);
+    expect([v!.pins, s!.pinRefs, b.guest.lockedPages, v!.liveNodes, v!.cacheSlot(0)]).to.deep.equal([0, 0, 0, 0, 0]);
   });
 
   it("RM unpin of the whole batch releases its one translation (one unmap, no extra pin call)", () => {
@@ -174,7 +164,7 @@ describe("nvidia mdev: GET_IOVA (mapping_cache, one mapping per batch)", () => {
     const frames = scrambled(300, 512);
     v!.translateGfns(frames, "GET_IOVA");
     expect(v!.unpinGfns([frames[0]!], "GET_IOVA")).to.equal(1);
-    expect([v!.liveNodes, v!.liveTranslations, s!.liveMappings, v!.pins, s!.pins]).to.deep.equal([0, 0, 0, 511, 511]);
+    expect([v!.liveNodes, v!.liveTranslations, s!.liveTranslations, v!.pins, s!.pinRefs]).to.deep.equal([0, 0, 0, 511, 511]);
     expect([s!.counters.releases, s!.counters.pinCalls, s!.counters.pinnedPages]).to.deep.equal([1, 1, 511]);
     expect(b.events[0]!.revoked.map((e) => [e.baseGfn, e.npages, e.reason, e.repinned])).to.deep.equal([[frames[0], 512, "rm-unpin", 511]]);
     expect(v!.cacheSlot(frames[0]!)).to.equal(0);
@@ -192,10 +182,10 @@ describe("nvidia mdev: the DMA_UNMAP notifier", () => {
     const [s] = b.services;
     const frames = scrambled(1024, 512);
     const out = v!.translateGfns(frames, "GET_IOVA");
-    const before = [v!.liveNodes, v!.liveTranslations, s!.liveMappings];
+    const before = [v!.liveNodes, v!.liveTranslations, s!.liveTranslations];
     expect(b.guest.unmapDma(1024, 2048, b.vgpus)).to.equal(1); // one notification suffices
     expect(before).to.deep.equal([1, 1, 1]);
-    expect([v!.liveNodes, v!.liveTranslations, s!.liveMappings]).to.deep.equal([1, 0, 0]);
+    expect([v!.liveNodes, v!.liveTranslations, s!.liveTranslations]).to.deep.equal([1, 0, 0]);
     expect([v!.pins, s!.pinsIn(1024, 3072)]).to.deep.equal([0, 0]);
     expect(b.events[0]!.dmaUnmapped).to.deep.equal([{ vgpu: "vgpu0", firstGfn: 1024, npages: 2048, hostPfnUnpinned: 0, iovaUnpinned: 512, batches: 1 }]);
     expect(b.events[0]!.revoked).to.deep.equal([{ vgpu: "vgpu0", baseGfn: frames[0], iovaPage: out[0], npages: 512, reason: "dma-unmap", repinned: 0 }]);
@@ -203,9 +193,9 @@ describe("nvidia mdev: the DMA_UNMAP notifier", () => {
     expect(s!.checkIsolation([BigInt(out[3]!) << 12n])).to.deep.equal([{ addr: BigInt(out[3]!) << 12n, kind: "unmapped" }]);
     // A cleared member slot can be pinned again; the base slot still holds the node (the shim's quirk).
     v!.translateGfns([frames[1]!], "GET_IOVA");
-    expect((await rejects(() => v!.translateGfns([frames[0]!], "GET_IOVA"))).reason).to.equal("guest-pfn-already-pinned");
+    expect((await rejection(() => v!.translateGfns([frames[0]!], "GET_IOVA"))).reason).to.equal("guest-pfn-already-pinned");
     await v!.close();
-    expect([v!.liveNodes, v!.pins, s!.liveMappings]).to.deep.equal([0, 0, 0]);
+    expect([v!.liveNodes, v!.pins, s!.liveTranslations]).to.deep.equal([0, 0, 0]);
     expect(b.events[0]!.swept).to.deep.equal([{ vgpu: "vgpu0", reason: "close", hostPfnUnpinned: 0, iovaUnpinned: 1, nodesDestroyed: 2 }]);
   });
 
@@ -233,7 +223,7 @@ describe("nvidia mdev: the DMA_UNMAP notifier", () => {
     v!.translateGfns([43], "GET_HOST_PFN");
     expect(b.guest.unmapDma(0, 1024, b.vgpus)).to.equal(3);
     expect(b.events[0]!.dmaUnmapped.map((e) => e.hostPfnUnpinned)).to.deep.equal([2, 1, 1]);
-    expect([v!.hostPfnRefcount(42), v!.hostPfnRefcount(43), s!.pins]).to.deep.equal([0, 0, 0]);
+    expect([v!.hostPfnRefcount(42), v!.hostPfnRefcount(43), s!.pinRefs]).to.deep.equal([0, 0, 0]);
   });
 
   it("with frames pinned once, one notification leaves no pin in the range (mixed modes)", () => {
@@ -270,7 +260,7 @@ describe("nvidia mdev: the DMA_UNMAP notifier", () => {
     expect(s!.revoke(2048, 64)).to.equal(1);
     v!.dmaUnmap(2048n << 12n, 64n << 12n);
     expect(b.events[0]!.revoked.map((e) => e.reason)).to.deep.equal(["core-revoked"]);
-    expect([v!.pins, s!.pins, v!.liveNodes]).to.deep.equal([0, 0, 1]);
+    expect([v!.pins, s!.pinRefs, v!.liveNodes]).to.deep.equal([0, 0, 1]);
   });
 });
 
@@ -292,9 +282,9 @@ describe("nvidia mdev: reset, close, several vGPUs, migration", () => {
     const [v] = b.vgpus;
     const [s] = b.services;
     populate();
-    expect([v!.pins, v!.liveNodes, s!.liveMappings]).to.deep.equal([3 + 512 + 50, 2, 1]);
+    expect([v!.pins, v!.liveNodes, s!.liveTranslations]).to.deep.equal([3 + 512 + 50, 2, 1]);
     await v!.reset("flr");
-    expect([v!.pins, s!.pins, v!.liveNodes, s!.liveMappings, v!.vfFlrs, b.manager.posted.VM_REBOOT]).to.deep.equal([0, 0, 0, 0, 1, 1]);
+    expect([v!.pins, s!.pinRefs, v!.liveNodes, s!.liveTranslations, v!.vfFlrs, b.manager.posted.VM_REBOOT]).to.deep.equal([0, 0, 0, 0, 1, 1]);
     expect(b.events[0]!.swept).to.deep.equal([{ vgpu: "vgpu0", reason: "reset", hostPfnUnpinned: 3, iovaUnpinned: 562, nodesDestroyed: 2 }]);
     // The vGPU stays open and usable after a reset.
     v!.translateGfns([5], "GET_IOVA");
@@ -317,9 +307,9 @@ describe("nvidia mdev: reset, close, several vGPUs, migration", () => {
     populate();
     b.manager.answer("VM_SHUTDOWN", "timeout");
     await v!.close();
-    expect([v!.isOpen, v!.pins, s!.pins, s!.liveMappings, b.manager.kills, v!.vfFlrs]).to.deep.equal([false, 0, 0, 0, 1, 1]);
+    expect([v!.isOpen, v!.pins, s!.pinRefs, s!.liveTranslations, b.manager.kills, v!.vfFlrs]).to.deep.equal([false, 0, 0, 0, 1, 1]);
     expect(b.events[0]!.swept).to.deep.equal([{ vgpu: "vgpu0", reason: "close", hostPfnUnpinned: 3, iovaUnpinned: 562, nodesDestroyed: 2 }]);
-    const e = await rejects(() => v!.translateGfns([1], "GET_HOST_PFN"));
+    const e = await rejection(() => v!.translateGfns([1], "GET_HOST_PFN"));
     expect([e.code, e.reason]).to.deep.equal(["EINVAL", "vgpu-not-open"]);
   });
 
@@ -331,7 +321,7 @@ describe("nvidia mdev: reset, close, several vGPUs, migration", () => {
     const a = v.translateGfns([77, 78], "GET_IOVA");
     const c = w.translateGfns([77, 78], "GET_IOVA"); // the same frames: no conflict across vGPUs
     expect(a[0]).not.to.equal(c[0]);
-    expect([b.guest.refs[77], sv!.pins, sw!.pins]).to.deep.equal([2, 2, 2]);
+    expect([b.guest.refs[77], sv!.pinRefs, sw!.pinRefs]).to.deep.equal([2, 2, 2]);
     expect(sv!.checkIsolation([BigInt(c[0]!) << 12n])).to.deep.equal([{ addr: BigInt(c[0]!) << 12n, kind: "other-vgpu", owner: "vgpu1" }]);
     expect(b.guest.unmapDma(0, 1024, b.vgpus)).to.equal(1);
     expect([b.guest.pinsIn(0, 1024), v.liveNodes, w.liveNodes]).to.deep.equal([0, 1, 1]);
@@ -355,11 +345,11 @@ describe("nvidia mdev: preconditions", () => {
   it("rejects an empty or malformed frame list with -EINVAL", async () => {
     const b = await openBench();
     const [v] = b.vgpus;
-    expect((await rejects(() => v!.translateGfns([], "GET_IOVA"))).reason).to.equal("no-frames");
-    expect((await rejects(() => v!.translateGfns([1, -2], "GET_IOVA"))).reason).to.equal("bad-gpfn");
-    expect((await rejects(() => v!.translateGfns([1.5], "GET_HOST_PFN"))).reason).to.equal("bad-gpfn");
+    expect((await rejection(() => v!.translateGfns([], "GET_IOVA"))).reason).to.equal("no-frames");
+    expect((await rejection(() => v!.translateGfns([1, -2], "GET_IOVA"))).reason).to.equal("bad-gpfn");
+    expect((await rejection(() => v!.translateGfns([1.5], "GET_HOST_PFN"))).reason).to.equal("bad-gpfn");
     // A frame outside guest RAM: the pin's -EINVAL, nothing left behind.
-    const e = await rejects(() => v!.translateGfns([1, 1 << 20], "GET_IOVA"));
+    const e = await rejection(() => v!.translateGfns([1, 1 << 20], "GET_IOVA"));
     expect(e).to.be.instanceOf(VfioError);
     expect([e.code, v!.pins, v!.liveNodes]).to.deep.equal(["EINVAL", 0, 0]);
     await expectNoLeaks(b);

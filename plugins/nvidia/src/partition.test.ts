@@ -1,5 +1,6 @@
 import { expect } from "chai";
-import { KernelError } from "@vgpu-iommu/core";
+import { thrown } from "@vgpu-iommu/core/testing";
+
 import { prevPow2, channelCountFor, fbSizeFor, alignDown, alignUp } from "./partition.js";
 import { NV_ADA_48G, validateProfile, type NvidiaGpuProfile, type NvidiaVgpuTypeSpec } from "./gpu-profile.js";
 import { BitmapAllocator } from "./bitmap-allocator.js";
@@ -9,16 +10,6 @@ const MiB = 1 << 20;
 const GiB = 1024 * MiB;
 const type = (name: string): NvidiaVgpuTypeSpec => NV_ADA_48G.types.find((t) => t.name === name)!;
 const ecc = (p: NvidiaGpuProfile = NV_ADA_48G): NvidiaGpuProfile => ({ ...p, eccEnabled: true });
-
-function thrown(f: () => unknown): KernelError {
-  try {
-    f();
-  } catch (e) {
-    expect(e).to.be.instanceOf(KernelError);
-    return e as KernelError;
-  }
-  expect.fail("expected a KernelError");
-}
 
 describe("nvidia partition arithmetic (vendors.md 2.3)", () => {
   it("prev_pow2 is the largest power of two not above n", () => {

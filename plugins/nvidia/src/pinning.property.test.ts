@@ -52,14 +52,14 @@ describe("nvidia mdev pinning: properties", () => {
               v.dmaUnmap(BigInt(o.first) << 12n, BigInt(end - o.first) << 12n);
               expect(s.pinsIn(o.first, end), "pins left in the notified range").to.equal(expected);
             }
-            expect(v.pins, "vGPU bookkeeping vs backend").to.equal(s.pins);
+            expect(v.pins, "vGPU bookkeeping vs backend").to.equal(s.pinRefs);
             const pinned: number[] = [];
-            for (let g = 0; g < DOMAIN; g++) if (s.mine[g]! > 0) pinned.push(g);
+            for (let g = 0; g < DOMAIN; g++) if (s.refs[g]! > 0) pinned.push(g);
             expect(setBits(v.dirtyPages!(0, DOMAIN).bitmap, 0, DOMAIN), "dirty = pinned").to.deep.equal(pinned);
-            expect(v.liveTranslations).to.equal(s.liveMappings);
+            expect(v.liveTranslations).to.equal(s.liveTranslations);
           }
           await b.teardown();
-          expect([b.guest.totalPins, b.guest.lockedPages, b.guest.mappings.size]).to.deep.equal([0, 0, 0]);
+          expect([b.guest.totalPins, b.guest.lockedPages, b.guest.parent.mappedRanges]).to.deep.equal([0, 0, 0]);
           expect(b.guest.warnings).to.deep.equal([]);
         }),
         { numRuns: 150, seed: 6 },

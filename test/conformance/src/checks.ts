@@ -8,7 +8,7 @@
  * its point (the vendor pinned nothing) fails: an assertion on nothing is a
  * defect.
  */
-import type { PlatformVm } from "@vgpu-iommu/core";
+import type { DirtyReport, PlatformVm } from "@vgpu-iommu/core";
 import { hasIntrospection, type CheckId, type ConformanceTarget, type Verdict } from "./conformance-target.js";
 import type { Subject } from "./recording-vendor.js";
 import { Session } from "./session.js";
@@ -70,12 +70,12 @@ function ledgerFindings(subject: Subject, violations: string[]): void {
   for (const v of subject.ledger.violations) violations.push(`${subject.name}: ${v}`);
 }
 
+const listGfns = (gfns: readonly number[]): string => `${gfns.slice(0, 8).join(",")}${gfns.length > 8 ? ",..." : ""}`;
+
 function stillPinned(subject: Subject, when: string, violations: string[]): void {
   const n = subject.ledger.livePins();
   if (n === 0) return;
-  const gfns = [...subject.ledger.pins.keys()];
-  for (const t of subject.ledger.translations.values()) if (t.releases === 0 && !t.revoked) gfns.push(...t.gfns);
-  violations.push(`${subject.name}: ${n} frame(s) still pinned ${when} (gfns ${gfns.slice(0, 8).join(",")}${gfns.length > 8 ? ",..." : ""})`);
+  violations.push(`${subject.name}: ${n} frame(s) still pinned ${when} (gfns ${listGfns(subject.ledger.heldFrames())})`);
 }
 
 /** Exercises and checks the vendor actually pinned something, else the check cannot be made. */
@@ -246,7 +246,69 @@ export const isolation = check("isolation", "5", "no device-visible address outs
   return undefined;
 });
 
-export const CONFORMANCE_CHECKS: readonly ConformanceCheck[] = Object.freeze([pinsBalanced, dmaUnmapDropsRange, unmappedExactlyOnce, noStaleAddress, closeLeavesNothing, resetLeavesNothing, isolation]);
+/** The frames of `gfns` whose bit is clear in every report. */
+function reportedClean(reports: readonly DirtyReport[], gfns: readonly number[]): number[] {
+  return gfns.filter(
+    (gfn) =>
+      !reports.some((r) => {
+        const i = gfn - r.firstGfn;
+        return i >= 0 && i < r.npages && ((r.bitmap[i >> 3]! >> (i & 7)) & 1) === 1;
+      }),
+  );
+}
+
+export const dirtyCoversPins = check("dirty-covers-pins", "6", "while dirty logging is on, every frame the vGPU holds pinned is reported dirty, pass after pass", async (s, v, f) => {
+  const vm = await s.createVm();
+  const log = vm.dirtyLog;
+  const migration = s.vendor.capabilities.migration;
+  if (log === undefined && !migration) return "the platform keeps no log of device-dirtied frames in the model and the vendor declares no migration: nothing reports dirty frames";
+  const a = await s.addVgpu(vm);
+  // Held before logging starts: starting must count them dirty already.
+  await exercised(s, a, vm, [...s.lowFrames(4), ...s.balloonFrames(vm, 0, 2)], v);
+  f["heldBeforeLogging"] = a.ledger.heldFrames().length;
+  if (log !== undefined) {
+    const r = await log.start();
+    if (r !== 0) v.push(`starting the platform's dirty log failed with ${r}`);
+  }
+  const report = a.wrapper.dirtyPages;
+  if (migration && report === undefined) v.push(`${a.name}: the vendor declares migration but the vGPU gives no dirty report`);
+  // The migration loop's passes: new pins before the first two, none before the last, so frames
+  // held since earlier passes must be reported again, not once as a write would be.
+  const pinnedBefore = [s.lowFrames(4, 8), s.lowFrames(2, 16), []];
+  let platformPasses = 0;
+  let vendorPasses = 0;
+  for (let pass = 1; pass <= pinnedBefore.length; pass++) {
+    if (pinnedBefore[pass - 1]!.length > 0) await s.exercise(a, vm, pinnedBefore[pass - 1]!);
+    const held = a.ledger.heldFrames();
+    f["heldAtLastPass"] = held.length;
+    if (log !== undefined) {
+      const reports = await log.read();
+      if (typeof reports === "number") v.push(`pass ${pass}: reading the platform's dirty log failed with ${reports}`);
+      else {
+        platformPasses++;
+        const clean = reportedClean(reports, held);
+        if (clean.length > 0) v.push(`${a.name}: pass ${pass}: the platform's dirty log reports ${clean.length} frame(s) it holds pinned clean (gfns ${listGfns(clean)})`);
+      }
+    }
+    if (migration && report !== undefined) {
+      vendorPasses++;
+      const clean = reportedClean(
+        s.guestRanges(vm).map(([first, end]) => report(first, end - first)),
+        held,
+      );
+      if (clean.length > 0) v.push(`${a.name}: pass ${pass}: its migration dirty report leaves ${clean.length} frame(s) it holds pinned clean (gfns ${listGfns(clean)})`);
+    }
+  }
+  Object.assign(f, { platformPasses, vendorPasses });
+  if (log !== undefined) {
+    const r = await log.stop();
+    if (r !== 0) v.push(`stopping the platform's dirty log failed with ${r}`);
+  }
+  await vm.removeVgpu(a.wrapper);
+  return undefined;
+});
+
+export const CONFORMANCE_CHECKS: readonly ConformanceCheck[] = Object.freeze([pinsBalanced, dmaUnmapDropsRange, unmappedExactlyOnce, noStaleAddress, closeLeavesNothing, resetLeavesNothing, isolation, dirtyCoversPins]);
 
 export function conformanceCheck(id: CheckId): ConformanceCheck {
   const c = CONFORMANCE_CHECKS.find((x) => x.id === id);

@@ -42,7 +42,7 @@ export interface ConformanceIntrospection {
 export const hasIntrospection = (v: unknown): v is ConformanceIntrospection =>
   typeof v === "object" && v !== null && typeof (v as ConformanceIntrospection).deviceVisibleAddresses === "function";
 
-export type CheckId = "pins-balanced" | "dma-unmap-drops-range" | "unmapped-exactly-once" | "no-stale-address" | "close-leaves-nothing" | "reset-leaves-nothing" | "isolation";
+export type CheckId = "pins-balanced" | "dma-unmap-drops-range" | "unmapped-exactly-once" | "no-stale-address" | "close-leaves-nothing" | "reset-leaves-nothing" | "isolation" | "dirty-covers-pins";
 
 export interface Verdict {
   readonly check: CheckId;

@@ -8,7 +8,7 @@
  * The platform only ever holds wrappers; `exercise` and the address hooks get
  * the vendor's own vGPU object.
  */
-import type { DirtyReport, PlaneInfo, ResetKind, VendorCapabilities, Vgpu, VgpuServices, VgpuType, VgpuVendor } from "@vgpu-iommu/core";
+import { ForwardingVendor, ForwardingVgpu, type Vgpu, type VgpuServices, type VgpuVendor } from "@vgpu-iommu/core";
 import { ServicesLedger } from "./services-ledger.js";
 
 export interface Subject {
@@ -20,77 +20,32 @@ export interface Subject {
   readonly ledger: ServicesLedger;
 }
 
-export class RecordedVgpu implements Vgpu {
-  readonly name: string;
-  readonly type: string;
+export class RecordedVgpu extends ForwardingVgpu {
   /** dmaUnmap calls, as [first gfn, npages]. */
   readonly dmaUnmaps: [number, number][] = [];
-  readonly dirtyPages?: (firstGfn: number, npages: number) => DirtyReport;
 
   constructor(
-    readonly real: Vgpu,
+    inner: Vgpu,
     readonly ledger: ServicesLedger,
   ) {
-    this.name = real.name;
-    this.type = real.type;
-    if (real.dirtyPages !== undefined) this.dirtyPages = (first, n) => real.dirtyPages!(first, n);
+    super(inner);
   }
 
-  open(): Promise<void> {
-    return this.real.open();
-  }
-  close(): Promise<void> {
-    return this.real.close();
-  }
-  read(region: number, offset: bigint, length: number): Uint8Array {
-    return this.real.read(region, offset, length);
-  }
-  write(region: number, offset: bigint, data: Uint8Array): void {
-    this.real.write(region, offset, data);
-  }
-  reset(kind: ResetKind): Promise<void> {
-    return this.real.reset(kind);
-  }
-  async dmaUnmap(iova: bigint, length: bigint): Promise<void> {
+  override async dmaUnmap(iova: bigint, length: bigint): Promise<void> {
     const first = Number(iova >> 12n);
     const npages = Number((length + 0xfffn) >> 12n);
     this.dmaUnmaps.push([first, npages]);
-    await this.real.dmaUnmap(iova, length);
+    await this.inner.dmaUnmap(iova, length);
     const left = this.ledger.pinsIn(first, first + npages);
     if (left > 0) this.ledger.violations.push(`dmaUnmap(0x${iova.toString(16)}, 0x${length.toString(16)}) returned with ${left} frame(s) of the range still pinned`);
   }
-  onGuestWrite(gpa: bigint, data: Uint8Array): void {
-    this.real.onGuestWrite(gpa, data);
-  }
-  onMemslotRemoved(firstGfn: number, npages: number): void {
-    this.real.onMemslotRemoved(firstGfn, npages);
-  }
-  queryPlane(plane: "primary" | "cursor"): PlaneInfo | undefined {
-    return this.real.queryPlane(plane);
-  }
-  getDmabuf(dmabufId: number): void {
-    this.real.getDmabuf(dmabufId);
-  }
-  releaseDmabuf(dmabufId: number): void {
-    this.real.releaseDmabuf(dmabufId);
-  }
 }
 
-export class RecordingVendor implements VgpuVendor {
+export class RecordingVendor extends ForwardingVendor {
   readonly subjects = new Map<string, Subject>();
 
-  constructor(readonly inner: VgpuVendor) {}
-
-  get capabilities(): VendorCapabilities {
-    return this.inner.capabilities;
-  }
-
-  listTypes(): readonly VgpuType[] {
-    return this.inner.listTypes();
-  }
-
-  availableInstances(type: string): number {
-    return this.inner.availableInstances(type);
+  constructor(inner: VgpuVendor) {
+    super(inner);
   }
 
   create(type: string, name: string, services: VgpuServices): Vgpu {
@@ -99,10 +54,6 @@ export class RecordingVendor implements VgpuVendor {
     const wrapper = new RecordedVgpu(real, ledger);
     this.subjects.set(name, { name, wrapper, real, ledger });
     return wrapper;
-  }
-
-  destroy(vgpu: Vgpu): void {
-    this.inner.destroy(vgpu instanceof RecordedVgpu ? vgpu.real : vgpu);
   }
 
   subject(vgpu: Vgpu): Subject {

@@ -40,6 +40,7 @@ describe("conformance kit: services ledger", () => {
     l.services.pinPagesArray([11, 50], 2, 3, new Uint32Array(2));
     const t = l.services.translate({ start: 100, npages: 2 }, { prot: 3, device: l.services.parentDevice });
     expect([l.livePins(), l.pinsIn(10, 12), l.pinsIn(100, 101), l.liveTranslations()]).to.deep.equal([7, 3, 1, 1]);
+    expect(l.heldFrames()).to.deep.equal([10, 11, 12, 50, 100, 101]);
     expect([l.ownsAddress(0x1010_0000n), l.ownsAddress(0x1010_1fffn), l.ownsAddress(0x1010_2000n)]).to.deep.equal([true, true, false]);
     l.services.unpinPages(10, 3);
     l.services.unpinPagesArray([11, 50], 2);

@@ -13,7 +13,7 @@
  * Invariants: livePins() = sum of frame counts + frames of live translations;
  * bytesUnmapped <= bytesMapped unless a violation was recorded.
  */
-import type { FrameSpec, Translation, TranslateOptions, TranslationHandle, VgpuServices } from "@vgpu-iommu/core";
+import { forwardServices, frameList, type FrameSpec, type Translation, type TranslationHandle, type VgpuServices } from "@vgpu-iommu/core";
 
 export interface TranslationRecord {
   readonly id: number;
@@ -68,6 +68,13 @@ export class ServicesLedger {
     return n;
   }
 
+  /** The distinct frames this vGPU holds pinned, ascending. */
+  heldFrames(): number[] {
+    const held = new Set(this.pins.keys());
+    for (const t of this.translations.values()) if (this.#live(t)) for (const g of t.gfns) held.add(g);
+    return [...held].sort((x, y) => x - y);
+  }
+
   liveTranslations(): number {
     let n = 0;
     for (const t of this.translations.values()) if (this.#live(t)) n++;
@@ -120,9 +127,7 @@ export class ServicesLedger {
   }
 
   #translated(frames: FrameSpec, t: Translation): void {
-    const gfns: number[] = [];
-    if ("start" in frames && "npages" in frames && !("length" in frames)) for (let i = 0; i < frames.npages; i++) gfns.push(frames.start + i);
-    else for (let i = 0; i < (frames as ArrayLike<number>).length; i++) gfns.push((frames as ArrayLike<number>)[i]!);
+    const gfns = Array.from(frameList(frames));
     const segAddr: bigint[] = [];
     const segLength: number[] = [];
     for (let s = 0; s < (t.segments?.count ?? 0); s++) {
@@ -152,20 +157,14 @@ export class ServicesLedger {
 
   #proxy(): VgpuServices {
     const inner = this.inner;
-    return {
-      vm: inner.vm,
-      parentDevice: inner.parentDevice,
+    return forwardServices(inner, {
       pinPages: (gfn, npage, prot, out) => {
         const r = inner.pinPages(gfn, npage, prot, out);
-        const gfns = Array.from({ length: npage }, (_, i) => gfn + i);
-        this.#pin(gfns, npage);
+        this.#pin(consecutive(gfn, npage), npage);
         return r;
       },
       unpinPages: (gfn, npage) => {
-        this.#unpin(
-          Array.from({ length: npage }, (_, i) => gfn + i),
-          npage,
-        );
+        this.#unpin(consecutive(gfn, npage), npage);
         inner.unpinPages(gfn, npage);
       },
       pinPagesArray: (gfns, npage, prot, out) => {
@@ -177,8 +176,7 @@ export class ServicesLedger {
         this.#unpin(gfns, npage);
         return inner.unpinPagesArray(gfns, npage);
       },
-      dmaRw: (gpa, data, write) => inner.dmaRw(gpa, data, write),
-      translate: (frames, options: TranslateOptions) => {
+      translate: (frames, options) => {
         const t = inner.translate(frames, options);
         this.#translated(frames, t);
         return t;
@@ -187,10 +185,8 @@ export class ServicesLedger {
         this.#releasing(handle);
         inner.release(handle);
       },
-      checkIsolation: (visible) => inner.checkIsolation(visible),
-      protect: (gfn) => inner.protect(gfn),
-      unprotect: (gfn) => inner.unprotect(gfn),
-      injectIrq: (vector) => inner.injectIrq(vector),
-    };
+    });
   }
 }
+
+const consecutive = (gfn: number, npage: number): number[] => Array.from({ length: npage }, (_, i) => gfn + i);

@@ -73,6 +73,16 @@ export class Session {
     return Array.from({ length: n }, (_, i) => first + i * step);
   }
 
+  /** The guest's RAM as the kit lays it out, as [first gfn, end) ranges: low RAM from 0, then the balloon. */
+  guestRanges(vm: PlatformVm): [number, number][] {
+    const ranges: [number, number][] = [[0, Number(this.spec.ramBytes >> 12n)]];
+    if (vm.balloonBase !== undefined && this.spec.balloon !== undefined) {
+      const first = Number(vm.balloonBase >> 12n);
+      ranges.push([first, first + Number(this.spec.balloon.bytes >> 12n)]);
+    }
+    return ranges;
+  }
+
   snapshot(): Snapshot {
     const s = this.target.platform.host.stats();
     let liveTranslations = 0;

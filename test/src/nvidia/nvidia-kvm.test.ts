@@ -9,22 +9,13 @@
  * (type1 retries while pins remain).
  */
 import { expect } from "chai";
+import { rejection } from "@vgpu-iommu/core/testing";
 import { KernelError, type Type1Iommu } from "@vgpu-iommu/core";
 import type { ScriptedManager } from "@vgpu-iommu/plugin-nvidia";
 import { nvidiaStack as nvidiaStackOn, type NvidiaStack, type NvidiaStackOptions } from "../support/nvidia-stack.js";
 import { PLATFORMS, per, type PlatformFactory } from "../support/platforms.js";
 
 const LOW = 256; // 1 MiB: ordinary guest RAM below 4 GiB
-
-async function rejects(p: () => unknown): Promise<KernelError> {
-  try {
-    await p();
-  } catch (e) {
-    expect(e).to.be.instanceOf(KernelError);
-    return e as KernelError;
-  }
-  expect.fail("expected a KernelError");
-}
 
 /** Frames [first, first + n) in a fixed scrambled order. */
 function scrambled(first: number, n: number, stride = 97): number[] {
@@ -88,7 +79,7 @@ function suite(p: PlatformFactory): void {
       const s = await nvidiaStack();
       const v = s.vgpus[0]!;
       v.translateGfns([LOW, LOW + 5], "GET_IOVA");
-      const e = await rejects(() => v.translateGfns([LOW + 9, LOW + 5], "GET_IOVA"));
+      const e = await rejection(() => v.translateGfns([LOW + 9, LOW + 5], "GET_IOVA"));
       expect([e.code, e.reason, e.fields["gpfn"]]).to.deep.equal(["EEXIST", "guest-pfn-already-pinned", LOW + 5]);
       expect(counts(s)).to.deep.equal({ pins: 2, lockedVm: locked(2), parentMappings: 1 });
       await shutdownClean(s);
@@ -178,11 +169,11 @@ function suite(p: PlatformFactory): void {
         await shutdownClean(s);
         return;
       }
-      const e = await rejects(() => v.translateGfns(scrambled(LOW, 1300), "GET_IOVA"));
+      const e = await rejection(() => v.translateGfns(scrambled(LOW, 1300), "GET_IOVA"));
       expect(e.code).to.equal("ENOMEM");
       expect(counts(s)).to.deep.equal({ pins: 0, lockedVm: 0, parentMappings: 0 });
       expect([v.pins, v.liveNodes]).to.deep.equal([0, 0]);
-      const h = await rejects(() => v.translateGfns(scrambled(LOW, 1300), "GET_HOST_PFN"));
+      const h = await rejection(() => v.translateGfns(scrambled(LOW, 1300), "GET_HOST_PFN"));
       expect(h.code).to.equal("ENOMEM");
       expect(counts(s)).to.deep.equal({ pins: 0, lockedVm: 0, parentMappings: 0 });
       // Within the limit it works.
@@ -227,7 +218,7 @@ function suite(p: PlatformFactory): void {
       const [v] = s.vgpus;
       expect(s.vendor.capabilities.ownRequesterId).to.equal(true);
       expect([...v!.translateGfns([LOW + 7, LOW + 3], "GET_IOVA")]).to.deep.equal([LOW + 7, LOW + 3]);
-      expect((await rejects(() => v!.translateGfns([LOW], "GET_HOST_PFN"))).code).to.equal("EOPNOTSUPP");
+      expect((await rejection(() => v!.translateGfns([LOW], "GET_HOST_PFN"))).code).to.equal("EOPNOTSUPP");
       await s.vm.balloonOut(0, 1);
       await v!.reset("flr");
       expect(counts(s)).to.deep.equal({ pins: 0, lockedVm: 0, parentMappings: 0 });

@@ -17,7 +17,6 @@ import {
   VFIO_IOMMU_UNMAP_DMA,
 } from "../uapi.js";
 import { addrOfPage, type Iova } from "../../address/address.js";
-import type { VfioDevice } from "../vfio-device.js";
 
 const RW = IOMMU_READ | IOMMU_WRITE;
 const MIB = 1n << 20n;
@@ -61,25 +60,6 @@ function bitmapOf(bytes: number, bits: Iterable<number>): string {
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString("hex");
 
-async function unmap(f: Fixture, iova: bigint, size: bigint, flags = 0): Promise<{ ret: number; size: bigint }> {
-  const arg = { argsz: 24, flags, iova, size };
-  const ret = await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
-  return { ret, size: arg.size };
-}
-
-/** Pins through the fixture's device, recording the pins its default dma_unmap releases. */
-function pin(f: Fixture, page: number, vdev: VfioDevice = f.device!): void {
-  expect(vfioPinPages(vdev, addrOfPage(page) as Iova, 1, RW, new Uint32Array(1))).to.equal(1);
-  f.pinned.set(page, (f.pinned.get(page) ?? 0) + 1);
-}
-
-function unpin(f: Fixture, page: number): void {
-  vfioUnpinPages(f.device!, addrOfPage(page) as Iova, 1);
-  const refs = f.pinned.get(page)! - 1;
-  if (refs === 0) f.pinned.delete(page);
-  else f.pinned.set(page, refs);
-}
-
 for (const variant of VARIANTS) {
   describe(`type1 dirty tracking (${variant})`, () => {
     let f: Fixture;
@@ -104,8 +84,8 @@ for (const variant of VARIANTS) {
     it("primes with pins, marks pins and dma_rw writes, and re-populates with pins only after each pass", async () => {
       await mapAB();
       if (device) {
-        pin(f, 3);
-        pin(f, 4);
+        f.pin(3);
+        f.pin(4);
       }
       f.check();
       expect(await dirtyPages(f, START)).to.equal(0);
@@ -114,7 +94,7 @@ for (const variant of VARIANTS) {
       // One bit per page, DIRTY_BITMAP_BYTES(512) + 8 bytes.
       expect([...f.iommu.dmas.values()].map((d) => d.bitmap!.length)).to.deep.equal([72, 72]);
       if (device) {
-        pin(f, 600);
+        f.pin(600);
         vfioDmaRw(f.device!, 0x7ff80n as Iova, new Uint8Array(0x100).fill(0xa5), true); // pages 127 and 128
         vfioDmaRw(f.device!, addrOfPage(700) as Iova, new Uint8Array(8).fill(1), true, f.qemu);
         vfioDmaRw(f.device!, addrOfPage(200) as Iova, new Uint8Array(4096), false); // a read marks nothing
@@ -128,14 +108,14 @@ for (const variant of VARIANTS) {
       };
       await pass([3, 4, 127, 128, 600, 700]);
       await pass([3, 4, 600]);
-      if (device) unpin(f, 3);
+      if (device) f.unpin(3);
       f.check();
       // Page 3 was re-populated by the last pass while still pinned: reported once more.
       await pass([3, 4, 600]);
       await pass([4, 600]);
       expect(await dirtyPages(f, STOP)).to.equal(0);
       f.check();
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
     });
 
@@ -146,7 +126,7 @@ for (const variant of VARIANTS) {
       expect(await dirtyPages(f, START)).to.equal(0);
       f.check();
       const bitmaps = [...f.iommu.dmas.values()].map((d) => d.bitmap);
-      if (device) pin(f, 9);
+      if (device) f.pin(9);
       expect(await dirtyPages(f, START)).to.equal(0);
       f.check();
       expect([...f.iommu.dmas.values()].map((d) => d.bitmap)).to.deep.equal(bitmaps);
@@ -170,7 +150,7 @@ for (const variant of VARIANTS) {
       expect(await dirtyPages(f, STOP)).to.equal(0);
       sub.dispose();
       expect(changes).to.deep.equal([true, false, true, false]);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
     });
 
@@ -182,7 +162,7 @@ for (const variant of VARIANTS) {
       f.check();
       const b = f.iommu.findDma(512, 1)!;
       expect(b.bitmap!.length).to.equal(72);
-      if (device) pin(f, 513);
+      if (device) f.pin(513);
       f.check();
       let r = await getBitmap(f, 2n * MIB, 2n * MIB);
       expect(r.ret).to.equal(0);
@@ -191,7 +171,7 @@ for (const variant of VARIANTS) {
       expect(r.ret).to.equal(0);
       expect(hex(r.data)).to.equal(bitmapOf(64, allDirty(variant) ? range(0, 512) : []));
       expect(await dirtyPages(f, STOP)).to.equal(0);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
     });
 
@@ -202,11 +182,11 @@ for (const variant of VARIANTS) {
       expect(await f.map(80n * PAGE, 120n * PAGE, 80n * PAGE)).to.equal(0);
       f.check();
       if (device) {
-        pin(f, 2);
-        pin(f, 12);
+        f.pin(2);
+        f.pin(12);
       }
       expect(await dirtyPages(f, START)).to.equal(0);
-      if (device) for (const p of [75, 80, 199]) pin(f, p);
+      if (device) for (const p of [75, 80, 199]) f.pin(p);
       f.check();
       let r = await getBitmap(f, 0n, 200n * PAGE);
       expect(r.ret).to.equal(0);
@@ -223,7 +203,7 @@ for (const variant of VARIANTS) {
       expect(hex(r.data)).to.equal(bitmapOf(24, allDirty(variant) ? range(0, 190) : [2, 65, 70, 189]));
       f.check();
       expect(await dirtyPages(f, STOP)).to.equal(0);
-      expect((await unmap(f, 0n, 200n * PAGE)).ret).to.equal(0);
+      expect((await f.unmap(0n, 200n * PAGE)).ret).to.equal(0);
       f.check();
     });
 
@@ -252,7 +232,7 @@ for (const variant of VARIANTS) {
       expect(hole.ret).to.equal(0);
       expect(hex(hole.data)).to.equal(bitmapOf(32, []));
       expect(await dirtyPages(f, STOP)).to.equal(0);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
     });
 
@@ -267,8 +247,8 @@ for (const variant of VARIANTS) {
       f.check();
       expect(f.iommu.dmas.size).to.equal(2);
       if (device) {
-        pin(f, 3);
-        pin(f, 600);
+        f.pin(3);
+        f.pin(600);
         vfioDmaRw(f.device!, addrOfPage(700) as Iova, new Uint8Array(16), true);
       }
       f.check();
@@ -295,7 +275,7 @@ for (const variant of VARIANTS) {
       expect(await dirtyPages(f, START)).to.equal(0);
       f.check();
       expect(await dirtyPages(f, STOP)).to.equal(0);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
     });
   });
@@ -312,7 +292,7 @@ describe("type1 dirty tracking on a v1 container", () => {
       expect((await getBitmap(f, 0n, f.guestBytes)).ret).to.equal(EACCES);
       expect(f.iommu.dirtyPageTracking).to.equal(false);
       f.check();
-      expect((await unmap(f, 0n, f.guestBytes)).ret).to.equal(0);
+      expect((await f.unmap(0n, f.guestBytes)).ret).to.equal(0);
       await f.teardown();
       expect(f.leaks()).to.deep.equal(NO_LEAKS);
     });
@@ -352,7 +332,7 @@ describe("type1 pinned-page dirty scope", () => {
     expect(r.ret).to.equal(0);
     expect(hex(r.data)).to.equal(bitmapOf(128, [5]));
     expect(await dirtyPages(f, STOP)).to.equal(0);
-    expect((await unmap(f, 0n, f.guestBytes)).ret).to.equal(0);
+    expect((await f.unmap(0n, f.guestBytes)).ret).to.equal(0);
     f.check();
     expect(pinned.size).to.equal(0);
     expect(await f.host.close(f.qemu, devFd)).to.equal(0);
@@ -363,7 +343,7 @@ describe("type1 pinned-page dirty scope", () => {
   it("mixed: detaching the never-pinned IOMMU group while tracking marks every bitmap dirty once", async () => {
     const f = await Fixture.create({ variant: "mixed" });
     expect(await f.map()).to.equal(0);
-    pin(f, 3);
+    f.pin(3);
     expect(await dirtyPages(f, START)).to.equal(0);
     f.check();
     // mdev pins promote the emulated group only; the IOMMU group stays non-pinned.
@@ -379,7 +359,7 @@ describe("type1 pinned-page dirty scope", () => {
     expect(hex(r.data)).to.equal(bitmapOf(128, [3]));
     f.check();
     expect(await dirtyPages(f, STOP)).to.equal(0);
-    expect((await unmap(f, 0n, f.guestBytes)).ret).to.equal(0);
+    expect((await f.unmap(0n, f.guestBytes)).ret).to.equal(0);
     f.check();
     await f.teardown();
     expect(f.leaks()).to.deep.equal(NO_LEAKS);

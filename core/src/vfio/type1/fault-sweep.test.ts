@@ -12,11 +12,12 @@
  * so every injection point fails a call with its site's errno.
  */
 import { expect } from "chai";
+import { errnoOf, kernelErrorOf } from "../../testing/errors.js";
 import { Fixture, NO_LEAKS, VTD, X86_MSI, type Variant } from "../../testing/fixture.js";
 import { createHost } from "../../host/host.js";
 import type { FaultSite } from "../../host/fault-injector.js";
 import type { BackingKind } from "../../host/memory-object.js";
-import { isKernelError, type KernelError } from "../../errors/kernel-error.js";
+
 import { ERRNO } from "../../errors/errno.js";
 import { IOMMU_READ, IOMMU_WRITE, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE1v2_IOMMU } from "./type1-iommu.js";
 import { vfioDmaRw, vfioPinPages, vfioUnpinPages } from "../vendor-api.js";
@@ -89,22 +90,6 @@ interface Step {
   run(r: Run): Promise<number>;
 }
 
-/** A vendor-API call as an errno: 0, or the negative errno of the typed error it threw. */
-function vendorCall(fn: () => unknown): number {
-  const e = vendorError(fn);
-  return e === undefined ? 0 : -e.errno;
-}
-
-function vendorError(fn: () => unknown): KernelError | undefined {
-  try {
-    fn();
-    return undefined;
-  } catch (e) {
-    if (isKernelError(e)) return e;
-    throw e;
-  }
-}
-
 /** The vendor's side of dma_unmap and close_device: drop every reference it holds in [first, end). */
 function unpinRange(vdev: VfioDevice, pinned: Map<number, number>, first: number, end: number): void {
   for (const [page, refs] of [...pinned]) {
@@ -143,7 +128,7 @@ function pinStep(name: string): Step {
    
     async run({ f, pinned }) {
       const pages = new Uint32Array(PIN_PAGES).fill(0xdead);
-      const err = vendorError(() => vfioPinPages(f.device!, PIN_IOVA, PIN_PAGES, IOMMU_READ | IOMMU_WRITE, pages));
+      const err = kernelErrorOf(() => vfioPinPages(f.device!, PIN_IOVA, PIN_PAGES, IOMMU_READ | IOMMU_WRITE, pages));
       if (err !== undefined) {
         // pin_unwind: pages[0..i] are cleared (i = the failing page), later entries are not written.
         const done = err.fields.done!;
@@ -171,7 +156,7 @@ function sequence(variant: Variant): Step[] {
           {
             name: "vfioDmaRw",
            
-            run: async ({ f }: Run) => vendorCall(() => vfioDmaRw(f.device!, (PIN_IOVA + 0x800n) as Iova, new Uint8Array(0x1000).fill(0xa5), true)),
+            run: async ({ f }: Run) => errnoOf(() => vfioDmaRw(f.device!, (PIN_IOVA + 0x800n) as Iova, new Uint8Array(0x1000).fill(0xa5), true)),
           },
         ]
       : []),

@@ -8,8 +8,8 @@
 import { expect } from "chai";
 import sinon from "sinon";
 import { Fixture, NO_LEAKS, VTD, X86_MSI, type Variant } from "../../testing/fixture.js";
-import { vfioPinPages, vfioUnpinPages } from "../vendor-api.js";
-import { IOMMU_READ, IOMMU_WRITE, VFIO_DMA_CC_IOMMU, type Type1Events } from "./type1-iommu.js";
+import { vfioUnpinPages } from "../vendor-api.js";
+import { VFIO_DMA_CC_IOMMU, type Type1Events } from "./type1-iommu.js";
 import { IommuDomain, type IommuHardware, type ReservedRegion } from "../../iommu/iommu-domain.js";
 import { RLIM_INFINITY } from "../../host/process.js";
 import type { BackingKind } from "../../host/memory-object.js";
@@ -17,7 +17,6 @@ import type { VfioGroupNode } from "../vfio-device.js";
 import { VFIO_CHECK_EXTENSION, VFIO_GROUP_SET_CONTAINER, VFIO_GROUP_UNSET_CONTAINER, VFIO_IOMMU_GET_INFO, VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA, type VfioIommuType1Info } from "../uapi.js";
 import { addrOfPage, U64_MAX, type Iova } from "../../address/address.js";
 
-const RW = IOMMU_READ | IOMMU_WRITE;
 const MIB = 1n << 20n;
 const PAGE_MASK = U64_MAX & ~0xfffn;
 const VTD_PGSIZES = 0x1000n | 0x200000n | 0x40000000n;
@@ -66,15 +65,10 @@ async function info(f: Fixture): Promise<{ pgsizes: bigint; ranges: { start: big
   return { pgsizes: s.iova_pgsizes, ranges: cap === undefined ? undefined : (cap as { iova_ranges: { start: bigint; end: bigint }[] }).iova_ranges };
 }
 
+/** UNMAP_DMA of the whole 48-bit space (not FLAG_ALL): every mapping goes; then the invariants. */
 async function unmapAll(f: Fixture): Promise<void> {
-  const arg = { argsz: 24, flags: 0, iova: 0n, size: 1n << 48n };
-  expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, arg)).to.equal(0);
-}
-
-/** Pins through the fixture's device, recording the pins its default dma_unmap releases. */
-function pin(f: Fixture, page: number, npage = 1): void {
-  expect(vfioPinPages(f.device!, addrOfPage(page) as Iova, npage, RW, new Uint32Array(npage))).to.equal(npage);
-  for (let p = page; p < page + npage; p++) f.pinned.set(p, (f.pinned.get(p) ?? 0) + 1);
+  expect((await f.unmap(0n, 1n << 48n)).ret).to.equal(0);
+  f.check();
 }
 
 function counters(f: Fixture): { lockedVm: number; totalPins: number; externalPins: number; mappings: number } {
@@ -114,9 +108,8 @@ describe("type1 groups and domains", () => {
       await create("mdev-only");
       expect(await f.map(0n, 2n * MIB, 0n)).to.equal(0);
       expect(await f.map(2n * MIB, 2n * MIB, 2n * MIB)).to.equal(0);
-      pin(f, 5, 16);
-      pin(f, 7); // a second reference: still one page, one charge
-      f.check();
+      f.pin(5, 16);
+      f.pin(7); // a second reference: still one page, one charge
       expect(counters(f)).to.deep.equal({ lockedVm: 16, totalPins: 16, externalPins: 16, mappings: 2 });
       expect(await info(f)).to.deep.equal({ pgsizes: PAGE_MASK, ranges: undefined });
       expect(f.iommu.numNonPinnedGroups).to.equal(0);
@@ -138,11 +131,9 @@ describe("type1 groups and domains", () => {
       expect(f.iommu.numNonPinnedGroups).to.equal(1);
       expect(await info(f)).to.deep.equal({ pgsizes: VTD_PGSIZES, ranges: VTD_RANGES });
       // External pins now ride on MAP_DMA's charge.
-      pin(f, 600);
-      f.check();
+      f.pin(600);
       expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1024 + 17, externalPins: 17, mappings: 2 });
       await unmapAll(f);
-      f.check();
       expect(counters(f)).to.deep.equal({ lockedVm: 0, totalPins: 0, externalPins: 0, mappings: 0 });
       await finish();
     });
@@ -151,8 +142,7 @@ describe("type1 groups and domains", () => {
       it(`fails SET_CONTAINER with -ENOMEM over RLIMIT_MEMLOCK and leaves nothing pinned or charged (${backing})`, async () => {
         await create("memlock-limited", backing);
         expect(await f.map()).to.equal(0);
-        pin(f, 100, 8);
-        f.check();
+        f.pin(100, 8);
         const before = counters(f);
         expect(before).to.deep.equal({ lockedVm: 8, totalPins: 8, externalPins: 8, mappings: 1 });
         const g = await attach();
@@ -171,7 +161,6 @@ describe("type1 groups and domains", () => {
         f.check();
         expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1024 + 8, externalPins: 8, mappings: 1 });
         await unmapAll(f);
-        f.check();
         await finish();
       });
     }
@@ -179,8 +168,7 @@ describe("type1 groups and domains", () => {
     it("unwinds a replay whose iommu_map fails part-way", async () => {
       await create("mdev-only");
       expect(await f.map()).to.equal(0);
-      pin(f, 10, 4);
-      f.check();
+      f.pin(10, 4);
       f.host.faults.failNth(3, ["iommu_map"]);
       const g = await attach();
       expect(g.ret).to.equal(ENOMEM);
@@ -190,7 +178,6 @@ describe("type1 groups and domains", () => {
       expect(f.iommu.domains.length).to.equal(0);
       expect(iommuMapped(f)).to.deep.equal([false]);
       await unmapAll(f);
-      f.check();
       await finish();
     });
   });
@@ -224,7 +211,6 @@ describe("type1 groups and domains", () => {
       expect(counters(f)).to.deep.equal(before);
       expect(mappedPages(f)).to.deep.equal([1024]);
       await unmapAll(f);
-      f.check();
       await finish();
     });
 
@@ -232,7 +218,7 @@ describe("type1 groups and domains", () => {
       it(`a group of another IOMMU driver gets a second domain filled from the first (${variant})`, async () => {
         await create(variant);
         expect(await f.map()).to.equal(0);
-        if (f.device !== undefined) pin(f, 3, 2);
+        if (f.device !== undefined) f.pin(3, 2);
         f.check();
         const pins = f.device !== undefined ? 2 : 0;
         const before = counters(f);
@@ -278,7 +264,6 @@ describe("type1 groups and domains", () => {
         expect(f.iommu.numNonPinnedGroups).to.equal(1);
         expect(await info(f)).to.deep.equal({ pgsizes: VTD_PGSIZES, ranges: VTD_RANGES });
         await unmapAll(f);
-        f.check();
         await finish();
       });
     }
@@ -360,8 +345,7 @@ describe("type1 groups and domains", () => {
     it("a group without MSI isolation: -EPERM unless allow_unsafe_interrupts", async () => {
       await create("mdev-only");
       expect(await f.map()).to.equal(0);
-      pin(f, 1, 2);
-      f.check();
+      f.pin(1, 2);
       const unsafe: IommuHardware = { ...VTD, msiIsolation: false };
       const refused = await attach(unsafe);
       expect(refused.ret).to.equal(EPERM);
@@ -374,7 +358,6 @@ describe("type1 groups and domains", () => {
       f.check();
       expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1026, externalPins: 2, mappings: 1 });
       await unmapAll(f);
-      f.check();
       await finish();
     });
   });
@@ -415,7 +398,6 @@ describe("type1 groups and domains", () => {
         expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1024, externalPins: 0, mappings: 1 });
         expect(mappedPages(f)).to.deep.equal([1024]);
         await unmapAll(f);
-        f.check();
         expect(counters(f)).to.deep.equal({ lockedVm: 0, totalPins: 0, externalPins: 0, mappings: 0 });
         await finish();
       });
@@ -425,8 +407,7 @@ describe("type1 groups and domains", () => {
       await create("mdev-only", "thp");
       f.host.type1Params.disableHugepages = true;
       expect(await f.map()).to.equal(0);
-      pin(f, 0, 3);
-      f.check();
+      f.pin(0, 3);
       spy.resetHistory();
       const g = await attach();
       expect(g.ret).to.equal(0);
@@ -435,7 +416,6 @@ describe("type1 groups and domains", () => {
       expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1027, externalPins: 3, mappings: 1 });
       expect(mappedPages(f)).to.deep.equal([1024]);
       await unmapAll(f);
-      f.check();
       await finish();
     });
   });
@@ -445,10 +425,9 @@ describe("type1 groups and domains", () => {
       await create("mixed");
       expect(await f.map(0n, 2n * MIB, 0n)).to.equal(0);
       expect(await f.map(2n * MIB, 2n * MIB, 2n * MIB)).to.equal(0);
-      pin(f, 5, 4);
-      pin(f, 6);
-      pin(f, 700);
-      f.check();
+      f.pin(5, 4);
+      f.pin(6);
+      f.pin(700);
       expect(counters(f)).to.deep.equal({ lockedVm: 1024, totalPins: 1024 + 5, externalPins: 5, mappings: 2 });
       expect(f.iommu.numNonPinnedGroups).to.equal(1);
       expect(await f.host.ioctl(f.qemu, f.groupFds[1]!, VFIO_GROUP_UNSET_CONTAINER)).to.equal(0);
@@ -462,15 +441,13 @@ describe("type1 groups and domains", () => {
       // The list is rebuilt from the widened aperture with no reserved region left.
       expect(await info(f)).to.deep.equal({ pgsizes: PAGE_MASK, ranges: [{ start: 0n, end: U64_MAX }] });
       // Pins are charged again now that no domain exists; unpinning uncharges.
-      pin(f, 800);
-      f.check();
+      f.pin(800);
       expect(counters(f)).to.deep.equal({ lockedVm: 6, totalPins: 6, externalPins: 6, mappings: 2 });
       vfioUnpinPages(f.device!, addrOfPage(800) as Iova, 1);
       f.pinned.delete(800);
       f.check();
       expect(counters(f)).to.deep.equal({ lockedVm: 5, totalPins: 5, externalPins: 5, mappings: 2 });
       await unmapAll(f);
-      f.check();
       expect(counters(f)).to.deep.equal({ lockedVm: 0, totalPins: 0, externalPins: 0, mappings: 0 });
       await finish();
     });
@@ -495,7 +472,7 @@ describe("type1 groups and domains", () => {
     it("the last group of all leaving removes every mapping (mixed, mdev group last)", async () => {
       await create("mixed");
       expect(await f.map()).to.equal(0);
-      pin(f, 9);
+      f.pin(9);
       vfioUnpinPages(f.device!, addrOfPage(9) as Iova, 1);
       f.pinned.clear();
       f.check();
@@ -538,8 +515,7 @@ describe("type1 groups and domains", () => {
       expect([g2.ret, g3.ret]).to.deep.equal([0, 0]);
       f.check();
       expect(f.iommu.numNonPinnedGroups).to.equal(3);
-      pin(f, 1); // an mdev pin promotes only the (already promoted) emulated group
-      f.check();
+      f.pin(1); // an mdev pin promotes only the (already promoted) emulated group
       expect(f.iommu.numNonPinnedGroups).to.equal(3);
       await removeGroup(f, g3);
       f.check();
@@ -548,7 +524,6 @@ describe("type1 groups and domains", () => {
       f.check();
       expect(f.iommu.numNonPinnedGroups).to.equal(1);
       await unmapAll(f);
-      f.check();
       await finish();
     });
   });

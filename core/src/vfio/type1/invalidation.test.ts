@@ -8,7 +8,7 @@ import { expect } from "chai";
 import { Fixture, NO_LEAKS, VARIANTS, type Variant } from "../../testing/fixture.js";
 import { vfioPinPages, vfioPinPagesArray, vfioRegisterNotifier, vfioUnpinPages, vfioUnpinPagesArray, vfioUnregisterNotifier, vfioDmaRw } from "../vendor-api.js";
 import { IOMMU_READ, IOMMU_WRITE, VFIO_DMA_UNMAP_FLAG_VADDR, VFIO_DMA_MAP_FLAG_VADDR, VFIO_IOMMU_NOTIFY_DMA_UNMAP, type Type1Events } from "./type1-iommu.js";
-import { VFIO_GROUP_GET_DEVICE_FD, VFIO_GROUP_SET_CONTAINER, VFIO_IOMMU_GET_INFO, VFIO_IOMMU_MAP_DMA, VFIO_IOMMU_UNMAP_DMA } from "../uapi.js";
+import { VFIO_GROUP_GET_DEVICE_FD, VFIO_GROUP_SET_CONTAINER, VFIO_IOMMU_GET_INFO, VFIO_IOMMU_MAP_DMA } from "../uapi.js";
 import { addrOfPage, pageOf, type Iova } from "../../address/address.js";
 import { HostCrashedError } from "../../errors/kernel-error.js";
 import type { Disposable } from "../../events/emitter.js";
@@ -104,12 +104,6 @@ async function openMdev(f: Fixture, name: string, ops: VfioDeviceOps): Promise<{
   };
 }
 
-async function unmap(f: Fixture, iova: bigint, size: bigint, flags = 0): Promise<{ ret: number; size: bigint }> {
-  const arg = { argsz: 24, flags, iova, size };
-  const ret = await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_UNMAP_DMA, arg);
-  return { ret, size: arg.size };
-}
-
 function counters(f: Fixture): { lockedVm: number; totalPins: number; dmaAvail: number; externalPins: number } {
   return { lockedVm: f.qemu.mm.lockedVm, totalPins: f.host.phys.totalPins, dmaAvail: f.iommu.dmaAvail, externalPins: f.host.stats().externalPins };
 }
@@ -157,7 +151,7 @@ for (const variant of WITH_DEVICE) {
       expect(counters(f)).to.deep.equal({ lockedVm: mapCost(variant, 1024) + pinCharge(variant, 5), totalPins: mapCost(variant, 1024) + 5, dmaAvail: DMA_ENTRY_LIMIT - 2, externalPins: 5 });
       const w = watchInvalidations(f);
       // The request spans both mappings and a hole after them; each callback names one whole mapping.
-      const r = await unmap(f, 0n, 8n * MIB);
+      const r = await f.unmap(0n, 8n * MIB);
       w.sub.dispose();
       expect(r).to.deep.equal({ ret: 0, size: 4n * MIB });
       f.check();
@@ -185,10 +179,10 @@ for (const variant of WITH_DEVICE) {
     it("notifies only mappings that hold pins", async () => {
       vendor.pin(mdev0, B.pages + 1);
       f.check();
-      expect((await unmap(f, A.iova, A.size)).ret).to.equal(0);
+      expect((await f.unmap(A.iova, A.size)).ret).to.equal(0);
       f.check();
       expect(vendor.calls).to.deep.equal([]);
-      expect(await unmap(f, B.iova, B.size)).to.deep.equal({ ret: 0, size: B.size });
+      expect(await f.unmap(B.iova, B.size)).to.deep.equal({ ret: 0, size: B.size });
       f.check();
       expect(vendor.calls).to.deep.equal([{ device: "mdev0", iova: B.iova, length: B.size }]);
       await f.teardown();
@@ -199,13 +193,13 @@ for (const variant of WITH_DEVICE) {
       vendor.pin(mdev0, 5, 2);
       f.check();
       const before = counters(f);
-      expect(await unmap(f, 4096n, A.size)).to.deep.equal({ ret: EINVAL, size: A.size });
-      expect(await unmap(f, 0n, A.size + 4096n)).to.deep.equal({ ret: EINVAL, size: A.size + 4096n });
+      expect(await f.unmap(4096n, A.size)).to.deep.equal({ ret: EINVAL, size: A.size });
+      expect(await f.unmap(0n, A.size + 4096n)).to.deep.equal({ ret: EINVAL, size: A.size + 4096n });
       f.check();
       expect(vendor.calls).to.deep.equal([]);
       expect(counters(f)).to.deep.equal(before);
       expect(vendor.heldIn(mdev0, A.iova, A.size)).to.equal(2);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
       await f.teardown();
       expect(f.leaks()).to.deep.equal(NO_LEAKS);
@@ -223,7 +217,7 @@ for (const variant of WITH_DEVICE) {
       const sub = f.iommu.on("invalidationAnswered", (e) => {
         seen.push({ pinsLeft: e.pinsLeft, held: vendor.heldIn(mdev0, A.iova, A.size), counters: counters(f), mapped: f.iommu.findDma(0, 1) !== undefined });
       });
-      expect(await unmap(f, A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
+      expect(await f.unmap(A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
       sub.dispose();
       f.check();
       expect(seen).to.deep.equal([{ pinsLeft: 0, held: 0, counters: before, mapped: true }]);
@@ -233,7 +227,7 @@ for (const variant of WITH_DEVICE) {
     });
 
     it("drops the lock during an asynchronous callback: a MAP_DMA and a pin elsewhere run meanwhile", async () => {
-      expect((await unmap(f, B.iova, B.size)).ret).to.equal(0);
+      expect((await f.unmap(B.iova, B.size)).ret).to.equal(0);
       const mdev1 = await openMdev(f, "mdev1", vendor.ops);
       vendor.pin(mdev0, 10, 2);
       f.check();
@@ -249,7 +243,7 @@ for (const variant of WITH_DEVICE) {
           order.push("callback unpinned");
         } else vendor.unpinRange(vdev, iova, length);
       };
-      const pending = unmap(f, A.iova, A.size).then((r) => (order.push("unmap returned"), r));
+      const pending = f.unmap(A.iova, A.size).then((r) => (order.push("unmap returned"), r));
       await entered.promise;
       // type1's lock is free: another MAP_DMA and a pin in that new mapping both succeed.
       expect(await f.map(B.iova, B.size, B.offset)).to.equal(0);
@@ -274,7 +268,7 @@ for (const variant of WITH_DEVICE) {
       ]);
       expect(counters(f)).to.deep.equal({ lockedVm: mapCost(variant, B.pages) + pinCharge(variant, 1), totalPins: mapCost(variant, B.pages) + 1, dmaAvail: DMA_ENTRY_LIMIT - 1, externalPins: 1 });
       vendor.behaviour = (vdev, iova, length) => vendor.unpinRange(vdev, iova, length);
-      expect(await unmap(f, B.iova, B.size)).to.deep.equal({ ret: 0, size: B.size });
+      expect(await f.unmap(B.iova, B.size)).to.deep.equal({ ret: 0, size: B.size });
       f.check();
       expect(vendor.calls.length).to.equal(4);
       await mdev1.close();
@@ -298,7 +292,7 @@ for (const variant of WITH_DEVICE) {
         }
       };
       const w = watchInvalidations(f);
-      const pending = unmap(f, A.iova, A.size);
+      const pending = f.unmap(A.iova, A.size);
       await unpinned.promise;
       // mdev0 already answered this round: the new pin is missed and must be caught by a re-scan.
       vendor.pin(mdev0, 30);
@@ -337,7 +331,7 @@ for (const variant of WITH_DEVICE) {
       const w = watchInvalidations(f);
       const crashes: string[] = [];
       const onCrash = f.host.kernel.on("crashed", (bug) => crashes.push(bug.site));
-      expect(await unmap(f, A.iova, A.size)).to.deep.equal({ ret: EIO, size: A.size });
+      expect(await f.unmap(A.iova, A.size)).to.deep.equal({ ret: EIO, size: A.size });
       w.sub.dispose();
       onCrash.dispose();
       expect(w.sent.map((e) => e.retry)).to.deep.equal([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
@@ -353,7 +347,7 @@ for (const variant of WITH_DEVICE) {
       expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_GET_INFO, info)).to.equal(EIO);
       expect(info.iova_pgsizes).to.equal(0n);
       expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_MAP_DMA, { argsz: 32, flags: 3, vaddr: f.guestRam, iova: 1n << 30n, size: 4096n })).to.equal(EIO);
-      expect(await unmap(f, B.iova, B.size)).to.deep.equal({ ret: EIO, size: B.size });
+      expect(await f.unmap(B.iova, B.size)).to.deep.equal({ ret: EIO, size: B.size });
       expect(f.host.open(f.qemu, "/dev/vfio/vfio")).to.equal(EIO);
       expect(await f.host.close(f.qemu, f.containerFd)).to.equal(EIO);
       const calls: [string, () => unknown][] = [
@@ -401,7 +395,7 @@ for (const variant of WITH_DEVICE) {
         await Promise.resolve();
         throw new Error("async vendor bug"); // a rejected promise from a device with nothing pinned
       };
-      expect(await unmap(f, A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
+      expect(await f.unmap(A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
       f.check();
       expect(vendor.calls.map((c) => c.device)).to.deep.equal(["mdev0", "mdev1", "mdev0", "mdev1"]);
       expect(f.host.kernel.warnings.map((w) => [w.site, String(w.details["error"])])).to.deep.equal([
@@ -420,12 +414,12 @@ for (const variant of WITH_DEVICE) {
       vendor.pin(mdev0, 60);
       f.check();
       const before = counters(f);
-      expect(await unmap(f, A.iova, A.size, VFIO_DMA_UNMAP_FLAG_VADDR)).to.deep.equal({ ret: EBUSY, size: A.size });
+      expect(await f.unmap(A.iova, A.size, VFIO_DMA_UNMAP_FLAG_VADDR)).to.deep.equal({ ret: EBUSY, size: A.size });
       f.check();
       expect(vendor.calls).to.deep.equal([]);
       expect(f.iommu.vaddrInvalidCount).to.equal(0);
       expect(counters(f)).to.deep.equal(before);
-      expect((await unmap(f, 0n, 4n * MIB)).ret).to.equal(0);
+      expect((await f.unmap(0n, 4n * MIB)).ret).to.equal(0);
       f.check();
       expect(vendor.calls.length).to.equal(1);
       await f.teardown();
@@ -464,7 +458,7 @@ for (const variant of WITH_DEVICE) {
       f.check();
       expect(f.iommu.findDma(5, 1)!.vpfnCount).to.equal(2);
       expect(counters(f)).to.deep.equal({ lockedVm: mapCost(variant, 1024) + pinCharge(variant, 2), totalPins: mapCost(variant, 1024) + 2, dmaAvail: DMA_ENTRY_LIMIT - 2, externalPins: 2 });
-      expect(await unmap(f, 0n, 4n * MIB)).to.deep.equal({ ret: 0, size: 4n * MIB });
+      expect(await f.unmap(0n, 4n * MIB)).to.deep.equal({ ret: 0, size: 4n * MIB });
       f.check();
       expect(got).to.deep.equal([[VFIO_IOMMU_NOTIFY_DMA_UNMAP, { iova: A.iova, size: A.size }]]);
       expect(counters(f)).to.deep.equal({ lockedVm: 0, totalPins: 0, dmaAvail: DMA_ENTRY_LIMIT, externalPins: 0 });
@@ -487,7 +481,7 @@ describe("type1 invalidation with UNMAP_DMA VADDR (iommu-backed)", () => {
     expect(await f.map(A.iova, A.size, A.offset)).to.equal(0);
     f.check();
     const before = counters(f);
-    expect(await unmap(f, A.iova, A.size, VFIO_DMA_UNMAP_FLAG_VADDR)).to.deep.equal({ ret: 0, size: A.size });
+    expect(await f.unmap(A.iova, A.size, VFIO_DMA_UNMAP_FLAG_VADDR)).to.deep.equal({ ret: 0, size: A.size });
     f.check();
     expect(got).to.deep.equal([]);
     expect(f.iommu.vaddrInvalidCount).to.equal(1);
@@ -496,7 +490,7 @@ describe("type1 invalidation with UNMAP_DMA VADDR (iommu-backed)", () => {
     expect(await f.host.ioctl(f.qemu, f.containerFd, VFIO_IOMMU_MAP_DMA, remap)).to.equal(0);
     f.check();
     expect(f.iommu.vaddrInvalidCount).to.equal(0);
-    expect(await unmap(f, A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
+    expect(await f.unmap(A.iova, A.size)).to.deep.equal({ ret: 0, size: A.size });
     f.check();
     expect(got).to.deep.equal([]);
     vfioUnregisterNotifier(pci, nb);

@@ -12,7 +12,7 @@
  */
 import { expect } from "chai";
 import { inspect } from "node:util";
-import { Fixture, NO_LEAKS, VARIANTS, VTD, X86_MSI, type Leaks, type Variant } from "../../testing/fixture.js";
+import { Fixture, NO_LEAKS, VARIANTS, VTD, X86_MSI, hostLeaks, type Variant } from "../../testing/fixture.js";
 import { createHost, type Host } from "../../host/host.js";
 import type { Process } from "../../host/process.js";
 import type { Hva, Iova } from "../../address/address.js";
@@ -211,25 +211,10 @@ async function attachAll(b: Bare, type = VFIO_TYPE1v2_IOMMU): Promise<void> {
 
 const bareIommu = (b: Bare) => [...b.host.vfio.containers][0]!.iommu!;
 
-function leaksOf(host: Host): Leaks {
-  const s = host.stats();
-  let listeners = host.kernel.listenerCount();
-  for (const b of host.backends) listeners += b.listenerCount();
-  return {
-    pinnedFrames: s.pinnedFrames,
-    lockedVm: host.processes.reduce((n, p) => n + p.mm.lockedVm, 0),
-    mappings: s.mappings,
-    externalPins: s.externalPins,
-    warnings: s.warnings,
-    listeners,
-    crashed: s.crashed ? 1 : 0,
-  };
-}
-
 async function closeBare(b: Bare): Promise<void> {
   for (const fd of [...b.qemu.files.keys()].reverse()) expect(await b.host.close(b.qemu, fd)).to.equal(0);
   b.qemu.exit();
-  expect(leaksOf(b.host)).to.deep.equal(NO_LEAKS);
+  expect(hostLeaks(b.host)).to.deep.equal(NO_LEAKS);
 }
 
 // ---------------------------------------------------------------- container ioctls

@@ -2,7 +2,7 @@
  * A few lines to an open NVIDIA-like vGPU on fake services, with its events
  * recorded, for this package's tests.
  */
-import { FakeGuest, FakeVgpuServices, type FakeGuestOptions } from "./fake-services.js";
+import { FakeGuest, FakeVgpuServices, type FakeGuestOptions } from "@vgpu-iommu/core/testing";
 import { NvidiaVendor, type NvidiaVendorOptions } from "../nvidia-vendor.js";
 import type { NvidiaVgpu } from "../nvidia-vgpu.js";
 import type { NvidiaVgpuEvents } from "../events.js";
@@ -40,7 +40,7 @@ export async function openBench(options: { guest?: Partial<FakeGuestOptions>; ve
     events: [],
     async add(type = options.type ?? "NV-2Q", services?: FakeVgpuServices) {
       const name = `vgpu${bench.vgpus.length}`;
-      const s = services ?? guest.services(name);
+      const s = services ?? guest.servicesFor(name);
       const vgpu = vendor.create(type, name, s) as NvidiaVgpu;
       const rec: Recorded = { warned: [], revoked: [], swept: [], dmaUnmapped: [] };
       vgpu.on("warned", (e) => rec.warned.push(e));

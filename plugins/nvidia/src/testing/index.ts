@@ -1,1 +1,1 @@
-export * from "./fake-services.js";
+export * from "./harness.js";
