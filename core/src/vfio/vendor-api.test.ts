@@ -22,9 +22,11 @@ import {
   VFIO_IOMMU_NOTIFY_DMA_UNMAP,
   VFIO_PIN_PAGES_MAX_ENTRIES,
   vfioDmaRw,
+  vfioPinPageRange,
   vfioPinPages,
   vfioPinPagesArray,
   vfioRegisterNotifier,
+  vfioUnpinPageRange,
   vfioUnpinPages,
   vfioUnpinPagesArray,
   vfioUnregisterNotifier,
@@ -152,6 +154,25 @@ describe("vendor API: vfioPinPages (contiguous form)", () => {
         expectKernelError(() => vfioPinPages(dev, iovaOf(0), 1, RW, new Uint8Array(4) as unknown as Uint32Array), "EINVAL", "pin-bad-arguments", VfioError);
         // Model convention: an output array shorter than npage is a fault on the caller's buffer.
         expectKernelError(() => vfioPinPages(dev, iovaOf(0), 4, RW, new Uint32Array(2)), "EFAULT", "pin-output-too-short", VfioError);
+        f.check();
+        expect(f.host.stats().externalPins).to.equal(0);
+        expect(f.host.phys.totalPins).to.equal(atMap(variant, GUEST_PAGES));
+        expect(f.host.kernel.warnings).to.deep.equal([]);
+        await f.finish();
+      });
+
+      it("by page number into pages[at..]: the same pins as vfioPinPages, nothing written outside; a bad offset is -EINVAL, one past the end -EFAULT", async () => {
+        const f = await Fixture.create({ variant });
+        expect(await f.map()).to.equal(0);
+        const dev = f.device!;
+        const pages = new Uint32Array(6);
+        expect(vfioPinPageRange(dev, pageOf(iovaOf(0)) + 5, 3, RW, pages, 2)).to.equal(3);
+        expect([...pages]).to.deep.equal([0, 0, frameAt(f, 5), frameAt(f, 6), frameAt(f, 7), 0]);
+        expect(f.host.stats().externalPins).to.equal(3);
+        for (const at of [-1, 0.5]) expectKernelError(() => vfioPinPageRange(dev, pageOf(iovaOf(0)), 1, RW, pages, at), "EINVAL", "pin-bad-arguments", VfioError);
+        expectKernelError(() => vfioPinPageRange(dev, pageOf(iovaOf(0)), 2, RW, pages, 5), "EFAULT", "pin-output-too-short", VfioError);
+        expect(f.host.stats().externalPins).to.equal(3);
+        vfioUnpinPageRange(dev, pageOf(iovaOf(0)) + 5, 3);
         f.check();
         expect(f.host.stats().externalPins).to.equal(0);
         expect(f.host.phys.totalPins).to.equal(atMap(variant, GUEST_PAGES));

@@ -37,7 +37,7 @@ export function vfioPinPages(vdev: VfioDevice, iova: Iova, npage: number, prot: 
  */
 export function vfioPinPageRange(vdev: VfioDevice, iovaPage: number, npage: number, prot: number, pages: Uint32Array, at: number): number {
   const iommu = backend(vdev);
-  if (!(pages instanceof Uint32Array) || !Number.isInteger(npage) || npage <= 0) throw new VfioError("EINVAL", "pin-bad-arguments", { npage });
+  if (!(pages instanceof Uint32Array) || !Number.isInteger(npage) || npage <= 0 || !Number.isInteger(at) || at < 0) throw new VfioError("EINVAL", "pin-bad-arguments", { npage, at });
   if (vdev.kernel.warnOn(!vdev.isOpen, "vfio_pin_pages", "device not open", { device: vdev.name })) throw new VfioError("EINVAL", "pin-device-not-open");
   if (vdev.dmaUnmap === undefined) throw new VfioError("EINVAL", "pin-without-dma-unmap");
   if (vdev.container === undefined) throw new VfioError("EINVAL", "pin-no-container");
