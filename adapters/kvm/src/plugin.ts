@@ -4,7 +4,7 @@
  * strict, generation, dmaMaskBits, maxSegmentSize, parentName.
  */
 import { instanceCachingFactory } from "tsyringe";
-import { IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, type PluginManifest } from "@vgpu-iommu/core";
+import { IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, pluginSettings, type PluginManifest } from "@vgpu-iommu/core";
 import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { createKvmStackOn, type KvmStackOptions } from "./kvm-stack.js";
 import { kvmScenarioProvider } from "./scenario-support.js";
@@ -27,10 +27,6 @@ const SETTINGS_SCHEMA = {
   },
 } as const;
 
-/** The stack file's settings for this plugin; their values were checked against the stack schema. */
-const options = (settings: Readonly<Record<string, unknown>> = {}): KvmStackOptions =>
-  Object.fromEntries(KEYS.filter((k) => settings[k] !== undefined).map((k) => [k, settings[k]]));
-
 export const plugin: PluginManifest = {
   id: ID,
   kind: "hypervisor-adapter",
@@ -39,7 +35,7 @@ export const plugin: PluginManifest = {
   capabilities: { addressModel: "host-dma-api", mergesSegments: "dma-iommu mode", isolationPerVgpu: false, supportsWriteTrack: true, settingsSchema: SETTINGS_SCHEMA },
   register(c) {
     c.register(IVgpuPlatform, {
-      useFactory: instanceCachingFactory((r) => createKvmStackOn(r.resolve(IHost), options(r.resolve(IPluginSettings)[ID]), r).platform),
+      useFactory: instanceCachingFactory((r) => createKvmStackOn(r.resolve(IHost), pluginSettings<KvmStackOptions>(r, ID, KEYS), r).platform),
     });
     c.register(IHypervisorAdapter, { useFactory: instanceCachingFactory((r) => r.resolve(IVgpuPlatform).adapter) });
     c.register(IScenarioProvider, { useValue: kvmScenarioProvider });

@@ -5,7 +5,7 @@
  * config, dmaMaskBits, parentName, swiotlbBytes, era, xenserverSetup.
  */
 import { instanceCachingFactory } from "tsyringe";
-import { IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, type PluginManifest } from "@vgpu-iommu/core";
+import { IHost, IHypervisorAdapter, IPluginSettings, IVgpuPlatform, pluginSettings, type PluginManifest } from "@vgpu-iommu/core";
 import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { createXenStackOn, type XenStackOptions } from "./xen-stack.js";
 import { xenScenarioProvider } from "./scenario-support.js";
@@ -28,10 +28,6 @@ const SETTINGS_SCHEMA = {
   },
 } as const;
 
-/** The stack file's settings for this plugin; their values were checked against the stack schema. */
-const options = (settings: Readonly<Record<string, unknown>> = {}): XenStackOptions =>
-  Object.fromEntries(KEYS.filter((k) => settings[k] !== undefined).map((k) => [k, settings[k]]));
-
 export const plugin: PluginManifest = {
   id: ID,
   kind: "hypervisor-adapter",
@@ -46,7 +42,7 @@ export const plugin: PluginManifest = {
   },
   register(c) {
     c.register(IVgpuPlatform, {
-      useFactory: instanceCachingFactory((r) => createXenStackOn(r.resolve(IHost), options(r.resolve(IPluginSettings)[ID]), r).platform),
+      useFactory: instanceCachingFactory((r) => createXenStackOn(r.resolve(IHost), pluginSettings<XenStackOptions>(r, ID, KEYS), r).platform),
     });
     c.register(IHypervisorAdapter, { useFactory: instanceCachingFactory((r) => r.resolve(IVgpuPlatform).adapter) });
     c.register(IScenarioProvider, { useValue: xenScenarioProvider });

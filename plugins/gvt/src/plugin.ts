@@ -5,8 +5,8 @@
  * GvtGpuOptions fields (apertureBytes, fences, maxVgpus, huge2M, ips64K,
  * upstreamQuirks, ...).
  */
-import { instanceCachingFactory, type DependencyContainer } from "tsyringe";
-import { IPluginSettings, IVgpuVendor, type PluginManifest } from "@vgpu-iommu/core";
+import { instanceCachingFactory } from "tsyringe";
+import { IVgpuVendor, pluginSettings, type PluginManifest } from "@vgpu-iommu/core";
 import { IScenarioProvider } from "@vgpu-iommu/core/scenarios";
 import { GvtVendor, type GvtGpuOptions } from "./gvt-vendor.js";
 import { gvtScenarioProvider } from "./scenario-support.js";
@@ -14,12 +14,6 @@ import { gvtScenarioProvider } from "./scenario-support.js";
 export const GVT_PLUGIN_ID = "@vgpu-iommu/plugin-gvt";
 
 const KEYS = ["name", "apertureBytes", "fences", "hostApertureBytes", "hostHiddenBytes", "hostFences", "maxVgpus", "huge2M", "ips64K", "upstreamQuirks"] as const;
-
-function settingsOf(r: DependencyContainer): GvtGpuOptions {
-  if (!r.isRegistered(IPluginSettings, true)) return {};
-  const s = r.resolve(IPluginSettings)[GVT_PLUGIN_ID] ?? {};
-  return Object.fromEntries(KEYS.filter((k) => s[k] !== undefined).map((k) => [k, s[k]]));
-}
 
 /** A manifest whose vendor uses `options` (stack settings, when present, take precedence). */
 export function gvtPlugin(options: GvtGpuOptions = {}): PluginManifest {
@@ -30,7 +24,7 @@ export function gvtPlugin(options: GvtGpuOptions = {}): PluginManifest {
     requires: [],
     capabilities: { onePerVm: true, migration: false, ownRequesterId: false, types: ["GVTg_V5_8", "GVTg_V5_4", "GVTg_V5_2", "GVTg_V5_1"], maxVgpus: options.maxVgpus ?? 8 },
     register(c) {
-      c.register(IVgpuVendor, { useFactory: instanceCachingFactory((r) => new GvtVendor({ ...options, ...settingsOf(r) })) });
+      c.register(IVgpuVendor, { useFactory: instanceCachingFactory((r) => new GvtVendor({ ...options, ...pluginSettings<GvtGpuOptions>(r, GVT_PLUGIN_ID, KEYS) })) });
       c.register(IScenarioProvider, { useValue: gvtScenarioProvider });
     },
   };
